@@ -1,0 +1,182 @@
+"""The method contract (DESIGN.md): `create(name, **overrides)`, `fit(task)`, `logits(features)`, `save`/`load`.
+
+In the scikit-learn spirit: the constructor only stores a frozen config dataclass, `fit` does the work, fitted
+state lives in tensors returned by `state_dict()` (saved as safetensors) and extra JSON-able values in
+`fitted_meta()` (saved beside them). No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from kshot.errors import CheckpointError, ConfigError
+from kshot.features.featureset import FeatureSet
+from kshot.registry import Registry
+
+METHODS: Registry[type["Method"]] = Registry("method")
+ARTIFACT_VERSION = 1
+
+
+@dataclass
+class Task:
+    """Everything a method may use to fit.
+
+    Attributes:
+        train: the K-shot labelled features (labels in [0, C)).
+        classnames: the C class names.
+        text_weights: float32 [C, D] L2-normalised zero-shot classifier (one row per class), or None for
+            image-only backbones.
+        val: optional labelled validation features, for hyper-parameter search (never the test split).
+        unlabeled: optional unlabelled features of the images to classify (transductive methods, e.g. InMaP).
+        logit_scale: temperature for cosine logits (100 for CLIP).
+        backbone: the loaded backbone, only for methods that run an encoder (prompt learning).
+        images: image datasets for such methods: {'train': Dataset, 'val': Dataset}.
+        seed: seed for any randomness in `fit`.
+    """
+
+    train: FeatureSet
+    classnames: list[str]
+    text_weights: torch.Tensor | None = None
+    val: FeatureSet | None = None
+    unlabeled: FeatureSet | None = None
+    logit_scale: float = 100.0
+    backbone: Any = None
+    images: dict[str, Any] | None = None
+    seed: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+
+class Method(ABC):
+    """Base class of every registered method.
+
+    Subclasses set `name` and `config_cls` (a frozen dataclass with documented defaults), implement `fit` and
+    `logits`, and expose fitted tensors through `state_dict`/`load_state_dict`.
+    """
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type] = object
+    #: True when the method needs the backbone and images (prompt learning) instead of cached features only.
+    needs_backbone: ClassVar[bool] = False
+    #: True when the method needs text weights (CLIP-only methods).
+    needs_text: ClassVar[bool] = True
+    #: True when `fit` uses `task.unlabeled` (transductive).
+    transductive: ClassVar[bool] = False
+
+    def __init__(self, config: Any | None = None, **overrides: Any):
+        if config is None:
+            config = self.config_cls()
+        if overrides:
+            config = replace_config(config, overrides)
+        self.config = config
+        self.fitted_ = False
+
+    @abstractmethod
+    def fit(self, task: Task) -> "Method":
+        """Fit on `task`; returns self."""
+
+    @abstractmethod
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """features [N, D] (L2-normalised) -> logits [N, C] on the features' device."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Fitted tensors (saved with safetensors)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Restore fitted state from `state_dict()` tensors and `fitted_meta()` values."""
+
+    def fitted_meta(self) -> dict[str, Any]:
+        """Fitted non-tensor values (chosen hyper-parameters, ...), JSON-serialisable."""
+        return {}
+
+    def _check_fitted(self) -> None:
+        if not self.fitted_:
+            raise RuntimeError(f"{self.name}: call fit(task) before logits()")
+
+    def save(self, path: str | Path) -> Path:
+        """Write `<path>/method.json` (name, config, fitted meta) and `<path>/state.safetensors`."""
+        from safetensors.torch import save_file
+
+        self._check_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        tmp = path / "state.safetensors.tmp"
+        save_file(state, str(tmp))
+        tmp.replace(path / "state.safetensors")
+        doc = {
+            "kshot_artifact": ARTIFACT_VERSION,
+            "method": self.name,
+            "config": config_to_dict(self.config),
+            "meta": self.fitted_meta(),
+        }
+        tmpj = path / "method.json.tmp"
+        tmpj.write_text(json.dumps(doc, indent=2))
+        tmpj.replace(path / "method.json")
+        return path
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
+
+
+def replace_config(config: Any, overrides: dict[str, Any]) -> Any:
+    """Return a copy of a config dataclass with `overrides`; unknown keys are a ConfigError naming the field."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    for key in overrides:
+        if key not in fields:
+            raise ConfigError(f"{type(config).__name__} has no field {key!r}; fields: {', '.join(fields)}")
+    cleaned = {}
+    for key, value in overrides.items():
+        if isinstance(value, list) and isinstance(getattr(config, key), tuple):
+            value = tuple(value)
+        cleaned[key] = value
+    return dataclasses.replace(config, **cleaned)
+
+
+def create(name: str, **overrides: Any) -> Method:
+    """Instantiate a registered method with its default config updated by `overrides`."""
+    _ensure_registered()
+    cls = METHODS.get(name)
+    return cls(**overrides)
+
+
+def load(path: str | Path) -> Method:
+    """Load a method saved with `Method.save`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    _ensure_registered()
+    path = Path(path)
+    doc_path = path / "method.json"
+    if not doc_path.is_file():
+        raise CheckpointError(f"{path}: not a kshot method artifact (no method.json)")
+    try:
+        doc = json.loads(doc_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{doc_path}: invalid JSON ({e})") from None
+    if doc.get("kshot_artifact") != ARTIFACT_VERSION:
+        raise CheckpointError(f"{doc_path}: unsupported artifact version {doc.get('kshot_artifact')!r}")
+    cls = METHODS.get(doc["method"])
+    method = cls(**doc.get("config", {}))
+    try:
+        state = load_file(str(path / "state.safetensors"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path / 'state.safetensors'}: cannot read ({e})") from None
+    method.load_state_dict(state, doc.get("meta", {}))
+    method.fitted_ = True
+    return method
+
+
+def _ensure_registered() -> None:
+    import kshot.methods  # noqa: F401  (imports every method module explicitly)

@@ -1,0 +1,47 @@
+"""Zero-shot CLIP classification (Radford et al., 2021): logits = scale · f Wᵀ with W the text classifier.
+
+The text classifier (single template or an ensemble) is built upstream by `kshot.text` and handed in via
+`Task.text_weights`; this method only stores it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from kshot.methods.base import METHODS, Method, Task
+
+
+@dataclass(frozen=True)
+class ZeroShotConfig:
+    """No hyper-parameters: the logit scale comes from the task (the model's own, 100 for CLIP)."""
+
+
+@METHODS.register("zeroshot", "CLIP zero-shot: cosine similarity to prompt embeddings (single template or ensemble)")
+class ZeroShot(Method):
+    name = "zeroshot"
+    config_cls = ZeroShotConfig
+
+    def fit(self, task: Task) -> "ZeroShot":
+        if task.text_weights is None:
+            raise ValueError("zeroshot needs text weights (a CLIP backbone)")
+        self.weights_ = task.text_weights.float().clone()
+        self.scale_ = float(task.logit_scale)
+        self.fitted_ = True
+        return self
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        self._check_fitted()
+        return self.scale_ * features.float() @ self.weights_.to(features.device).T
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"weights": self.weights_}
+
+    def fitted_meta(self) -> dict[str, Any]:
+        return {"scale": self.scale_}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.weights_ = state["weights"]
+        self.scale_ = float(meta["scale"])

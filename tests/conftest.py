@@ -1,0 +1,23 @@
+"""Shared test configuration: opt-in markers and one thread per test process (2-core CI)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gates = {
+        "slow": ("KSHOT_SLOW", "full-size or long test; set KSHOT_SLOW=1 to run"),
+        "online": ("KSHOT_ONLINE", "needs network or real weights; set KSHOT_ONLINE=1 to run"),
+    }
+    for item in items:
+        for marker, (env, reason) in gates.items():
+            if marker in item.keywords and os.environ.get(env) != "1":
+                item.add_marker(pytest.mark.skip(reason=reason))
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="needs CUDA"))
