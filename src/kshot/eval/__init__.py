@@ -1,1 +1,1 @@
-"""kshot.eval."""
+"""Evaluation: metrics, predictions, the challenge's result.txt, protocols, reports."""

@@ -89,13 +89,18 @@ def _background(kind: np.ndarray, gx: np.ndarray, gy: np.ndarray, rng: np.random
     period = rng.uniform(0.12, 0.22, size=(n, 1, 1)).astype(np.float32)  # fraction of the image side
     phase = rng.uniform(0.0, 1.0, size=(n, 2, 1, 1)).astype(np.float32)
     vertical = rng.random((n, 1, 1)) < 0.5
-    u = np.where(vertical, gx, gy) / period + phase[:, 0]
-    stripes = (np.floor(u) % 2).astype(np.float32)
-    fx, fy = gx / period + phase[:, 0], gy / period + phase[:, 1]
-    dots = (((fx % 1.0) - 0.5) ** 2 + ((fy % 1.0) - 0.5) ** 2 <= 0.09).astype(np.float32)
-    checks = ((np.floor(fx) + np.floor(fy)) % 2).astype(np.float32)
-    k = kind[:, None, None]
-    tex = np.where(k == 1, stripes, np.where(k == 2, dots, np.where(k == 3, checks, 0.5)))
+    tex = np.full((n, gx.shape[1], gx.shape[2]), 0.5, dtype=np.float32)
+    for k in (1, 2, 3):  # striped, dotted, checkered; computed only for the images that use them
+        idx = np.nonzero(kind == k)[0]
+        if idx.size == 0:
+            continue
+        fx, fy = gx / period[idx] + phase[idx, 0], gy / period[idx] + phase[idx, 1]
+        if k == 1:
+            tex[idx] = np.floor(np.where(vertical[idx], fx, fy)) % 2
+        elif k == 2:
+            tex[idx] = ((fx % 1.0) - 0.5) ** 2 + ((fy % 1.0) - 0.5) ** 2 <= 0.09
+        else:
+            tex[idx] = (np.floor(fx) + np.floor(fy)) % 2
     return level + amp * (tex - 0.5)
 
 
@@ -126,6 +131,8 @@ def render_attributes(
     g = (np.arange(s * k, dtype=np.float32) + 0.5) / (s * k)
     gx, gy = np.meshgrid(g, g)  # gx varies along columns, gy along rows (down)
     gx, gy = gx[None], gy[None]
+    g1 = (np.arange(s, dtype=np.float32) + 0.5) / s
+    bx, by = np.meshgrid(g1, g1)  # the background is drawn at the output resolution
 
     radius = np.where(size == 0, rng.uniform(*cfg.small_radius, size=n), rng.uniform(*cfg.large_radius, size=n))
     # position: 3x3 grid cell centres, clamped so the shape stays inside the image, plus a small jitter
@@ -145,9 +152,9 @@ def render_attributes(
         idx = np.nonzero(shape == sh)[0]
         mask[idx] = _inside(int(sh), lx[idx], ly[idx])
 
-    bg = _background(background, gx, gy, rng, cfg)
-    img = bg[..., None] * (1.0 - mask[..., None]) + rgb[:, None, None, :] * mask[..., None]
-    img = img.reshape(n, s, k, s, k, 3).mean(axis=(2, 4))
+    cover = mask.reshape(n, s, k, s * k).sum(axis=2).reshape(n, s, s, k).sum(axis=3)[..., None] / (k * k)
+    bg = _background(background, bx[None], by[None], rng, cfg)[..., None]
+    img = bg + cover * (rgb[:, None, None, :] - bg)
     sigma = rng.uniform(*cfg.noise_sigma, size=(n, 1, 1, 1)).astype(np.float32)
     img = img + sigma * rng.standard_normal(img.shape, dtype=np.float32)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)

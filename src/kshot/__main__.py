@@ -1,0 +1,3 @@
+from kshot.cli import main
+
+main()

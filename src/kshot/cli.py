@@ -1,0 +1,295 @@
+"""The `kshot` command: one verb per job, thin over the library (see DESIGN.md)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kshot.errors import KshotError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="kshot: few-shot adaptation of pretrained vision(-language) models from cached features.")
+console = Console(stderr=True)
+
+BackboneOpt = typer.Option("toy:clip", "--backbone", "-b",
+                           help="Backbone spec: open_clip:ARCH@TAG, open_clip:ARCH@/path/file, timm:NAME, toy:clip, "
+                                "or a checkpoint path.")
+LayoutOpt = typer.Option("auto", "--layout", help="Data layout: auto|imagefolder|coop|challenge|list|folder.")
+CacheOpt = typer.Option(None, "--cache", help="Feature cache folder (default $KSHOT_CACHE or ~/.cache/kshot).")
+DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available).")
+
+
+def _store(cache: Optional[Path], device: Optional[str], batch_size: int = 128, workers: Optional[int] = None):
+    from kshot.features import ExtractConfig, FeatureStore, default_cache_dir
+
+    return FeatureStore(cache or default_cache_dir(),
+                        extract=ExtractConfig(batch_size=batch_size, num_workers=workers, device=device))
+
+
+def _load_backbone(spec: str, device: Optional[str]):
+    import torch
+
+    from kshot.backbones import load_backbone
+
+    return load_backbone(spec, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+@app.command()
+def extract(
+    data: Path = typer.Argument(..., help="Dataset path (folder, split JSON, list file or challenge root)."),
+    backbone: str = BackboneOpt,
+    layout: str = LayoutOpt,
+    split: str = typer.Option("train", help="train | val | test | testA | testB (layout-dependent)."),
+    views: int = typer.Option(0, help="Augmented views per image to cache as well."),
+    augment: str = typer.Option("tip", help="Augmentation policy for --views: tip | seed002."),
+    batch_size: int = typer.Option(128, help="Images per forward pass."),
+    workers: Optional[int] = typer.Option(None, help="Decoding worker processes (default: automatic)."),
+    cache: Optional[Path] = CacheOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Compute and cache image features of a dataset (reused by every later command)."""
+    from kshot.data.sources import load_dataset
+    from kshot.features import AugmentPolicy
+
+    ds = load_dataset(data, layout=layout, split=split)
+    bb = _load_backbone(backbone, device)
+    store = _store(cache, device, batch_size, workers)
+    policy = AugmentPolicy(augment, views) if views else AugmentPolicy()
+    fs = store.get(bb, ds, policy, name=f"{ds.name}/{split}")
+    where = store.entry_dir(bb, ds, policy)
+    console.print(f"{'reused' if store.last_hit else 'cached'} {len(fs)} x {fs.dim} features "
+                  f"({policy.views} augmented views) in {where}")
+    for path, reason in fs.skipped:
+        console.print(f"[yellow]skipped[/] {path}: {reason}")
+
+
+@app.command()
+def fit(
+    data: Path = typer.Argument(..., help="Training pool (labelled dataset)."),
+    method: str = typer.Option(..., "--method", "-m", help="Registered method name (see `kshot methods`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the fitted artifact."),
+    backbone: str = BackboneOpt,
+    shots: int = typer.Option(16, "--shots", "-k", help="Shots per class."),
+    seed: int = typer.Option(1, help="Sampling and training seed."),
+    shots_file: Optional[Path] = typer.Option(None, help="Use (or, if missing, write) this shots file."),
+    layout: str = LayoutOpt,
+    split: str = typer.Option("train", help="Split of DATA holding the training pool."),
+    templates: Optional[list[str]] = typer.Option(None, "--template", help="Prompt template(s) with {}; repeat."),
+    prompts: Optional[Path] = typer.Option(None, help="Prompt JSON file or folder (per domain / per class)."),
+    views: int = typer.Option(0, help="Augmented views of the shots (Tip-Adapter uses 10)."),
+    augment: str = typer.Option("tip", help="Augmentation policy for --views: tip | seed002."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Method config override key=value; repeat."),
+    cache: Optional[Path] = CacheOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Fit a method on K shots per class (validation split drawn from the rest of the pool) and save it."""
+    from kshot import workflow as wf
+    from kshot.data.fewshot import write_shots_file
+    from kshot.data.sources import load_dataset
+    from kshot.features import AugmentPolicy
+    from kshot.methods import create
+
+    m = create(method, **wf.parse_overrides(overrides or []))
+    pool = load_dataset(data, layout=layout, split=split)
+    sel = wf.select_shots(pool, shots, seed, shots_file=shots_file)
+    out.mkdir(parents=True, exist_ok=True)
+    write_shots_file(pool, sel.shots, out / "shots.txt")
+    if shots_file is not None and not Path(shots_file).is_file():
+        write_shots_file(pool, sel.shots, shots_file)
+    bb = _load_backbone(backbone, device)
+    store = _store(cache, device)
+    used, local = wf.remap_selection(sel)
+    policy = AugmentPolicy(augment, views) if views else AugmentPolicy()
+    feats = wf.pool_features(store, bb, pool, used, policy)
+    spec = wf.prompt_spec_for(pool, templates, prompts)
+    tw = wf.text_weights_for(bb, pool, spec)
+    task = wf.make_task(feats, local, pool.classnames, tw, bb.logit_scale, seed,
+                        backbone=bb if m.needs_backbone else None)
+    m.fit(task)
+    m.save(out)
+    (out / "task.json").write_text(json.dumps({
+        "backbone": bb.spec, "fingerprint": bb.fingerprint, "classnames": pool.classnames,
+        "class_domains": pool.class_domains, "shots": shots, "seed": seed, "data": str(data), "method": method,
+        "prompts": {"templates": spec.templates, "per_domain": spec.per_domain, "per_class": spec.per_class},
+    }, indent=2))
+    console.print(f"fitted {method} on {len(sel.shots)} shots ({pool.num_classes} classes) -> {out}")
+
+
+@app.command()
+def predict(
+    data: Path = typer.Argument(..., help="Images to classify (dataset path; a flat folder is fine)."),
+    artifact: Optional[Path] = typer.Option(None, "--artifact", "-a", help="Folder written by `kshot fit`."),
+    method: str = typer.Option("zeroshot", "--method", "-m", help="Without --artifact: only 'zeroshot'."),
+    classes: Optional[Path] = typer.Option(None, help="Dataset giving the class list (zero-shot on unlabelled data)."),
+    backbone: str = BackboneOpt,
+    layout: str = LayoutOpt,
+    split: str = typer.Option("test", help="Split of DATA to classify."),
+    templates: Optional[list[str]] = typer.Option(None, "--template", help="Prompt template(s) with {}; repeat."),
+    prompts: Optional[Path] = typer.Option(None, help="Prompt JSON file or folder."),
+    k: int = typer.Option(5, "-k", help="Top-k ids to write."),
+    out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="Predictions CSV."),
+    result_txt: Optional[Path] = typer.Option(None, "--result-txt", help="Also write the challenge's result.txt."),
+    cache: Optional[Path] = CacheOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Predict top-k classes with a fitted artifact, or zero-shot."""
+    from kshot import workflow as wf
+    from kshot.data.sources import load_dataset
+    from kshot.eval.predictions import Predictions
+    from kshot.eval.result_file import write_result_txt
+    from kshot.methods import Task, create, load
+
+    ds = load_dataset(data, layout=layout, split=split)
+    if artifact is not None:
+        info = json.loads((artifact / "task.json").read_text())
+        m = load(artifact)
+        bb = _load_backbone(info["backbone"], device)
+        if bb.fingerprint != info["fingerprint"]:
+            raise KshotError(f"{artifact} was fitted on backbone {info['fingerprint']} but {info['backbone']} now "
+                             f"loads as {bb.fingerprint} (weights or preprocessing changed)")
+    else:
+        if method != "zeroshot":
+            raise KshotError(f"--method {method} needs a fitted --artifact (run `kshot fit` first)")
+        bb = _load_backbone(backbone, device)
+        class_ds = load_dataset(classes, layout="auto", split="train") if classes else ds
+        if not class_ds.classnames:
+            raise KshotError("no class list: pass --classes with a labelled dataset or a challenge root")
+        spec = wf.prompt_spec_for(class_ds, templates, prompts)
+        tw = wf.text_weights_for(bb, class_ds, spec)
+        from kshot.features.featureset import FeatureSet
+        import torch
+
+        empty = FeatureSet(torch.zeros(0, bb.embed_dim), torch.zeros(0, dtype=torch.long), [])
+        m = create("zeroshot").fit(Task(train=empty, classnames=class_ds.classnames, text_weights=tw,
+                                        logit_scale=bb.logit_scale))
+    fs = _store(cache, device).get(bb, ds, name=f"{ds.name}/{split}")
+    logits = wf.predict_logits(m, fs)
+    preds = Predictions.from_logits(fs.paths, logits, k)
+    preds.write_csv(out)
+    console.print(f"wrote {len(preds.paths)} predictions -> {out}")
+    if result_txt is not None:
+        write_result_txt(result_txt, fs.paths, preds.ids, zip_it=True)
+        console.print(f"wrote {result_txt} (+ .zip)")
+    if ds.has_labels and len(fs):
+        _print_metrics(_score(preds, ds))
+
+
+def _score(preds, ds) -> dict:
+    import numpy as np
+
+    from kshot.eval.metrics import summarize
+
+    by_path = {it.path: it for it in ds.items}
+    by_name = {Path(it.path).name: it for it in ds.items}
+    labels, doms = [], []
+    for p in preds.paths:
+        it = by_path.get(p) or by_name.get(Path(p).name)
+        if it is None or it.label is None:
+            raise KshotError(f"no label for predicted image {p!r} in the labelled dataset")
+        labels.append(it.label)
+        doms.append(it.domain or (ds.class_domains[it.label] if ds.class_domains else ""))
+    return summarize(preds.ids, np.asarray(labels), ds.num_classes,
+                     domains=doms if any(doms) else None, classnames=ds.classnames)
+
+
+def _print_metrics(metrics: dict) -> None:
+    table = Table(title="scores")
+    table.add_column("subset")
+    for col in ("n", "top1", "top5"):
+        table.add_column(col, justify="right")
+
+    def fmt(v):
+        return "-" if v is None else (f"{100 * v:.2f}" if isinstance(v, float) else str(v))
+
+    table.add_row("all", fmt(metrics["n"]), fmt(metrics["top1"]), fmt(metrics["top5"]))
+    for d, m in metrics.get("per_domain", {}).items():
+        table.add_row(d, fmt(m["n"]), fmt(m["top1"]), fmt(m["top5"]))
+    Console().print(table)
+    Console().print(f"mean per-class recall: {100 * metrics['mean_per_class']:.2f}")
+
+
+@app.command()
+def score(
+    predictions: Path = typer.Argument(..., help="predictions.csv from `kshot predict`, or a result.txt."),
+    labels: Path = typer.Option(..., "--labels", help="Labelled dataset (or '<filename> <label>' list file)."),
+    layout: str = LayoutOpt,
+    split: str = typer.Option("test", help="Split of the labelled dataset."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON."),
+) -> None:
+    """Metrics of predictions against labels: top-1, top-5, mean per-class recall, per domain, confusions."""
+    import numpy as np
+
+    from kshot.data.sources import load_dataset
+    from kshot.eval.predictions import Predictions
+    from kshot.eval.result_file import read_result_txt
+
+    ds = load_dataset(labels, layout=layout, split=split)
+    if predictions.suffix == ".csv":
+        preds = Predictions.read_csv(predictions)
+    else:
+        rf = read_result_txt(predictions, num_classes=ds.num_classes or None)
+        preds = Predictions(rf.filenames, rf.ids, np.zeros(rf.ids.shape, np.float32))
+    metrics = _score(preds, ds)
+    _print_metrics(metrics)
+    if json_out:
+        json_out.write_text(json.dumps(metrics, indent=2))
+
+
+@app.command()
+def methods() -> None:
+    """List registered methods with a one-line description."""
+    from kshot.methods import METHODS
+
+    table = Table(title="kshot methods")
+    table.add_column("name")
+    table.add_column("empty classes")
+    table.add_column("description")
+    for e in METHODS:
+        empty = "text-only" if getattr(e.obj, "supports_empty_classes", False) else "error"
+        if getattr(e.obj, "transductive", False):
+            empty += ", transductive"
+        table.add_row(e.name, empty, e.description)
+    Console().print(table)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("kshot-out/demo"), "--out", "-o", help="Report folder."),
+    all_methods: bool = typer.Option(False, "--all", help="Also run prompt-learning methods (slower)."),
+    seed: int = typer.Option(1, help="Seed for the shots."),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Run the toolkit on the shipped toy world and tiny CLIP: zero-shot and every method at 1-16 shots."""
+    from kshot.demo import run_demo
+
+    run_demo(out, seed=seed, all_methods=all_methods, cache=cache)
+
+
+def _mount_optional() -> None:
+    try:
+        from kshot.toyworld.cli import app as toy_app
+    except ImportError:  # pragma: no cover - the toy world is part of the package
+        return
+    app.add_typer(toy_app, name="toyworld", help="Generate, export and pretrain the toy world.")
+
+
+_mount_optional()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except KshotError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

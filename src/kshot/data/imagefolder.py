@@ -1,0 +1,117 @@
+"""Folder readers: ImageFolder trees (`root/<class>/<img>`) and flat folders of unlabelled images.
+
+Classes are the sorted sub-directory names (as torchvision's ImageFolder), images are found recursively inside each
+class folder. Unlike torchvision, hidden entries ('.ipynb_checkpoints', '.DS_Store') are ignored, and an empty class
+folder is an error by default (`on_empty="warn"` keeps it as a class with no items, e.g. a zero-shot class).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Literal, Sequence
+
+from kshot.data.dataset import Dataset, Item
+from kshot.data.listfile import clean_name
+from kshot.data.paths import IMAGE_EXTENSIONS, check_unique_names, is_image_name, list_images
+from kshot.errors import DataError
+
+log = logging.getLogger(__name__)
+
+OnEmpty = Literal["error", "warn"]
+
+
+def class_dirs(root: Path) -> list[str]:
+    """Sorted names of the non-hidden sub-directories of `root`."""
+    try:
+        return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    except OSError as e:
+        raise DataError(f"cannot list {root}: {e}") from e
+
+
+def _images_under(directory: Path) -> list[str]:
+    """Image paths under `directory`, relative to it, '/' separated, sorted; hidden files and folders skipped."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = os.path.relpath(dirpath, directory)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        out.extend(prefix + f for f in filenames if not f.startswith(".") and is_image_name(f))
+    return sorted(out)
+
+
+def _has_image(directory: Path) -> bool:
+    for _, dirnames, filenames in os.walk(directory, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(not f.startswith(".") and is_image_name(f) for f in filenames):
+            return True
+    return False
+
+
+def looks_like_image_folder(root: Path) -> bool:
+    """True when some sub-directory of `root` holds an image (directly or deeper); stops at the first one."""
+    return root.is_dir() and any(_has_image(root / d) for d in class_dirs(root))
+
+
+def read_image_folder(root: Path | str, *, on_empty: OnEmpty = "error", name: str | None = None) -> Dataset:
+    """Read `root/<class>/<...>/<img>`.
+
+    Args:
+        root: the folder holding one sub-folder per class.
+        on_empty: a class folder without images is an 'error' (default), or a 'warn'ing and a class with no items.
+        name: dataset name (default: the folder name).
+
+    Returns:
+        Dataset with labels = index of the class folder in sorted order; classnames have underscores turned into
+        spaces, raw_classnames are the folder names.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    if on_empty not in ("error", "warn"):
+        raise DataError(f"on_empty must be 'error' or 'warn', got {on_empty!r}")
+    classes = class_dirs(root)
+    if not classes:
+        raise DataError(f"{root}: no class sub-folders (expected root/<class>/<image>)")
+    items: list[Item] = []
+    empty = []
+    for label, cls in enumerate(classes):
+        files = _images_under(root / cls)
+        if not files:
+            empty.append(cls)
+        items.extend(Item(f"{cls}/{f}", label) for f in files)
+    if empty:
+        msg = (f"{root}: {len(empty)} class folder(s) hold no image ({', '.join(sorted(IMAGE_EXTENSIONS))}): "
+               f"{', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}")
+        if on_empty == "error" or len(empty) == len(classes):
+            raise DataError(msg + ("" if on_empty == "warn" else " (pass on_empty='warn' to keep them)"))
+        log.warning("%s; kept as classes without items", msg)
+    loose = list_images(root)
+    if loose:
+        log.warning("%s: ignoring %d images directly in the root (not in a class folder)", root, len(loose))
+    return Dataset(root=root, items=items, classnames=[clean_name(c) for c in classes], name=name or root.name,
+                   raw_classnames=classes)
+
+
+def read_flat_folder(root: Path | str, *, classnames: Sequence[str] | None = None,
+                     raw_classnames: Sequence[str] | None = None, name: str | None = None) -> Dataset:
+    """Read a flat folder of unlabelled images (a test set): items are the file names in sorted order.
+
+    Args:
+        root: the folder.
+        classnames: the class list the images will be classified into, if known.
+        raw_classnames: their raw spelling (same length).
+        name: dataset name (default: the folder name).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    names = list_images(root)
+    if not names:
+        raise DataError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    check_unique_names(names, str(root))
+    if raw_classnames is not None and classnames is not None and len(raw_classnames) != len(classnames):
+        raise DataError(f"{len(raw_classnames)} raw class names for {len(classnames)} classes")
+    return Dataset(root=root, items=[Item(n) for n in names], classnames=list(classnames or []), name=name or root.name,
+                   raw_classnames=list(raw_classnames) if raw_classnames is not None else None)

@@ -1,0 +1,127 @@
+"""Vectorised hyper-parameter search for cache models (Tip-Adapter, APE, Track1) on validation features.
+
+The cache methods share one logit form (Zhang et al., ECCV'22, Eq. 6; Zhu et al., ICCV'23, Eq. 9)::
+
+    logits = clip_logits + α · exp(−β (1 − A)) · (V ⊙ exp(γ · s))
+
+with clip_logits [N, C] the zero-shot logits, A [N, M] the affinity of N images to M cache keys, V [M, C] the cache
+values and s [M] an optional per-entry score (APE's KL confidence; γ = 0 when absent). The official code
+(`gaopengcuhk/Tip-Adapter:utils.py: search_hp`, `yangyangyang127/APE:main.py: APE`) loops over a β × α (× γ) grid
+and keeps the first cell with the best accuracy (strict `>`). Here every cell is computed with batched tensor ops,
+in chunks bounded by `max_elements`, and ties go to the first cell in the same (β outer, α, γ inner) order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from kshot.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def linear_grid(scale: float, steps: int, start: float = 0.1) -> torch.Tensor:
+    """The official grid: `steps` values `start + i·(scale − start)/steps`, i = 0..steps−1 (so `scale` is excluded).
+
+    Tip-Adapter and APE build β and α this way with start 0.1; APE's γ uses start 0.
+    """
+    if steps < 1:
+        raise ConfigError(f"search steps must be >= 1, got {steps}")
+    if scale <= start:
+        raise ConfigError(f"search scale {scale} must exceed the grid start {start}")
+    i = torch.arange(steps, dtype=torch.float64)
+    return (start + i * (scale - start) / steps).float()
+
+
+def cache_kernel(affinity: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
+    """exp(−β (1 − affinity)): Tip-Adapter's sharpened affinity (β a float, or [B, 1, 1] for a batch of βs)."""
+    return torch.exp(-beta * (1.0 - affinity))
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Outcome of `grid_search`.
+
+    Attributes:
+        beta, alpha, gamma: the chosen values (gamma is 0.0 when no γ grid was searched).
+        accuracy: validation top-1 accuracy of the chosen cell, in [0, 1].
+        correct: [nβ, nα, nγ] int64 count of correct validation predictions in every cell.
+    """
+
+    beta: float
+    alpha: float
+    gamma: float
+    accuracy: float
+    correct: torch.Tensor
+
+
+def grid_search(clip_logits: torch.Tensor, affinity: torch.Tensor, values: torch.Tensor, labels: torch.Tensor,
+                betas: torch.Tensor, alphas: torch.Tensor, gammas: torch.Tensor | None = None,
+                scores: torch.Tensor | None = None, max_elements: int = 1 << 24) -> SearchResult:
+    """Best (β, α, γ) by validation accuracy, over the full grid, vectorised.
+
+    Args:
+        clip_logits: [N, C] zero-shot logits of the validation images (already scaled).
+        affinity: [N, M] affinity of the validation images to the cache keys.
+        values: [M, C] cache values (one-hot labels, possibly re-weighted).
+        labels: [N] validation labels in [0, C).
+        betas, alphas: 1-D grids.
+        gammas: optional 1-D grid for the per-entry weighting exp(γ·scores); needs `scores`.
+        scores: [M] per-entry scores (APE's KL confidence).
+        max_elements: bound on the size of the largest intermediate tensor (memory knob; the result does not
+            depend on it).
+
+    Returns:
+        The first best cell in (β, α, γ) loop order, as the official code picks it.
+    """
+    n, c = clip_logits.shape
+    if affinity.shape[0] != n or values.shape != (affinity.shape[1], c) or labels.shape != (n,):
+        raise DataError(f"grid_search: inconsistent shapes clip_logits {tuple(clip_logits.shape)}, affinity "
+                        f"{tuple(affinity.shape)}, values {tuple(values.shape)}, labels {tuple(labels.shape)}")
+    if n == 0:
+        raise DataError("grid_search: the validation split is empty")
+    if (gammas is None) != (scores is None):
+        raise ConfigError("grid_search: gammas and scores go together")
+    dev = clip_logits.device
+    betas, alphas = betas.to(dev, torch.float32), alphas.to(dev, torch.float32)
+    if gammas is None:
+        weighted = values.float()[None]  # [1, M, C]
+        gammas_t = torch.zeros(1, device=dev)
+    else:
+        gammas_t = gammas.to(dev, torch.float32)
+        weighted = values.float()[None] * torch.exp(gammas_t[:, None, None] * scores.to(dev).float()[None, :, None])
+    ng, na = len(gammas_t), len(alphas)
+    labels = labels.to(dev)
+    clip_logits, affinity = clip_logits.float(), affinity.float()
+
+    per_beta = ng * n * c  # elements of one β's cache logits
+    a_chunk = max(1, min(na, max_elements // max(1, per_beta)))
+    b_chunk = max(1, max_elements // max(1, per_beta * a_chunk, n * affinity.shape[1]))
+    correct = torch.empty(len(betas), na, ng, dtype=torch.int64, device=dev)
+    with torch.no_grad():
+        for b0 in range(0, len(betas), b_chunk):
+            bs = betas[b0:b0 + b_chunk]
+            kern = cache_kernel(affinity[None], bs[:, None, None])  # [b, N, M]
+            cache = torch.einsum("bnm,gmc->bgnc", kern, weighted)  # [b, G, N, C]
+            for a0 in range(0, na, a_chunk):
+                al = alphas[a0:a0 + a_chunk]
+                total = clip_logits + al[None, :, None, None, None] * cache[:, None]  # [b, a, G, N, C]
+                hit = total.argmax(dim=-1).eq(labels)  # [b, a, G, N]
+                correct[b0:b0 + len(bs), a0:a0 + len(al)] = hit.sum(dim=-1)
+    best = int(torch.argmax(correct.flatten()))  # first maximum = official strict-> loop order
+    ib, rest = divmod(best, na * ng)
+    ia, ig = divmod(rest, ng)
+    result = SearchResult(beta=float(betas[ib]), alpha=float(alphas[ia]),
+                          gamma=float(gammas_t[ig]) if gammas is not None else 0.0,
+                          accuracy=float(correct.flatten()[best]) / n, correct=correct.cpu())
+    log.info("grid search: beta=%.3f alpha=%.3f gamma=%.3f val acc=%.4f over %d cells", result.beta, result.alpha,
+             result.gamma, result.accuracy, correct.numel())
+    return result
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in [0, 1] of logits [N, C] against labels [N]."""
+    return float(logits.argmax(dim=-1).eq(labels.to(logits.device)).float().mean()) if len(labels) else 0.0
