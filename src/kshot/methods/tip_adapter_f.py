@@ -144,6 +144,10 @@ class TipAdapterFConfig(TipAdapterConfig):
     eps: float = 1e-4
     weight_decay: float = 0.01
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.schedule()
+
     def schedule(self) -> TrainSchedule:
         return TrainSchedule(self.epochs, self.batch_size, self.lr, self.eps, self.weight_decay)
 
@@ -157,7 +161,6 @@ class TipAdapterF(TipAdapter):
 
     def fit(self, task: Task) -> "TipAdapterF":
         cfg = self.config
-        cfg.schedule()  # validates the schedule before any work
         check_task(task, needs_shots=True, supports_empty_classes=True, method=self.name)
         check_val_covers(task, self.name)
         dev = task.train.features.device

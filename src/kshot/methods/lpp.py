@@ -1,0 +1,220 @@
+"""LP++: a linear probe that blends visual prototypes with class-wise weighted text (Huang et al., CVPR 2024).
+
+logits_ik = f_iᵀv_k + b_k + α_k · f_iᵀt_k, with t_k the (fixed) text classifier rows. Update rules, defaults and
+initialisation follow the official code (FereshteShakeri/FewShot-CLIP-Strong-Baseline: methods/linear_probe_p2.py,
+configs/base.yaml):
+
+- V = per-class **sum** of the normalised shot features (the division by the count is commented out there); b = 0
+  (the official bias keeps nn.Linear's random init; zero keeps kshot deterministic without a draw).
+- α_k = 250 · mean_k(mean_{i∈k} f_iᵀt_k) for every class (one shared value).
+- V, b: SGD with momentum 0.9 and step η_V = 4N / λ_max(FᵀF) (a Lipschitz bound), full batch, 300 iterations.
+- α: a plain gradient step η_α = N / (4 · max_k Σ_i (f_iᵀt_k)²) every 10 iterations. The official α gradient is
+  never zeroed, so each step uses the sum of all gradients so far; `accumulate_alpha_grad=True` reproduces that.
+- With a validation split the parameters of the best-val iteration are kept (ties go to the later iteration, as
+  the official `>=`); without one, the last iteration's.
+
+Options beyond the paper: `batch_size` > 0 trains with shuffled mini-batches (one "iteration" = one epoch; the α
+gradient of an epoch is the mean of its batch gradients), `lr_schedule="cosine"`. Seed 004 (jittor-few-shot-clip-B,
+few_lp.py) trains full batch for 1000 iterations with cosine decay and α frozen (`iters=1000, lr_schedule="cosine",
+alpha_every=0`); its "batch_size=32" is the feature-extraction loader's batch (with random flips), not the LP++
+training batch.
+
+Classes without shots have no visual prototype: they are left out of training and scored by the text term with the
+mean α of the trained classes; `empty_class_visual="mean"` (default) also gives them the mean prototype and bias of
+the trained classes (a class-agnostic offset, so they are not systematically out-scored), "zero" uses v_k = 0, b_k = 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from kshot.errors import ConfigError
+from kshot.methods._lp_common import accuracy, cpu_generator, seen_classes, training_rows
+from kshot.methods.base import METHODS, Method, Task
+from kshot.methods.checks import check_features, check_task, check_val_covers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LPPConfig:
+    """Hyper-parameters of LP++ (official values from methods/linear_probe_p2.py and configs/base.yaml).
+
+    Attributes:
+        iters: training iterations (epochs when batch_size > 0); official `train_epoch: 300`.
+        lr_factor: η_V = lr_factor · N / λ_max(FᵀF); official 4.
+        momentum: SGD momentum of V and b; official 0.9.
+        alpha_init_scale: α init = scale · mean class-wise text similarity; official 250.
+        alpha_every: α step every this many iterations (0 freezes α); official 10.
+        alpha_lr_factor: η_α = alpha_lr_factor · N / max_k Σ_i (f_iᵀt_k)²; official 1/4.
+        accumulate_alpha_grad: use the running sum of α gradients (official, never zeroed) instead of the current one.
+        lr_schedule: "constant" (official) or "cosine" (seed 004) decay of η_V over `iters`.
+        batch_size: 0 = full batch (official); otherwise shuffled mini-batches of this size.
+        use_aug_views: also train on the augmented views of the shots as extra rows.
+        select_on_val: keep the best-val iteration when `task.val` is given (official).
+        empty_class_visual: prototype of classes without shots: "mean" (of the trained classes) or "zero".
+    """
+
+    iters: int = 300
+    lr_factor: float = 4.0
+    momentum: float = 0.9
+    alpha_init_scale: float = 250.0
+    alpha_every: int = 10
+    alpha_lr_factor: float = 0.25
+    accumulate_alpha_grad: bool = True
+    lr_schedule: str = "constant"
+    batch_size: int = 0
+    use_aug_views: bool = False
+    select_on_val: bool = True
+    empty_class_visual: str = "mean"
+
+
+def lpp_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, alpha: torch.Tensor,
+               text: torch.Tensor) -> torch.Tensor:
+    """f Vᵀ + b + α ⊙ (f Tᵀ) for features [N, D], weight/text [C, D], bias/alpha [C] -> [N, C]."""
+    return torch.addmm(bias, features, weight.T) + alpha * (features @ text.T)
+
+
+def lpp_init(x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, num_classes: int,
+             alpha_init_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Official initialisation: V = per-class sums [C, D]; α = scale · mean_k mean_{i∈k} f_iᵀt_k (a scalar tensor)."""
+    weight = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, y, x)
+    own = (x * text[y]).sum(dim=1)  # f_iᵀ t_{y_i}
+    counts = torch.bincount(y, minlength=num_classes).to(x.dtype)
+    class_mean = torch.zeros(num_classes, dtype=x.dtype, device=x.device).index_add_(0, y, own) / counts
+    return weight, alpha_init_scale * class_mean.mean()
+
+
+def lpp_step_sizes(x: torch.Tensor, text: torch.Tensor, lr_factor: float, alpha_lr_factor: float) -> tuple[float, float]:
+    """η_V = lr_factor · N / λ_max(FᵀF) and η_α = alpha_lr_factor · N / max_k Σ_i (f_iᵀt_k)² (float64 maths)."""
+    xd = x.double()
+    lam_max = float(torch.linalg.matrix_norm(xd, ord=2)) ** 2  # λ_max(FᵀF) = σ_max(F)²
+    n = x.shape[0]
+    lr_v = lr_factor * n / lam_max
+    lr_a = alpha_lr_factor * n / float((xd @ text.double().T).square().sum(dim=0).max())
+    return lr_v, lr_a
+
+
+@METHODS.register("lpp", "LP++: visual prototypes + class-wise weighted text, Lipschitz-step full-batch training")
+class LPP(Method):
+    """LP++ on cached features (module docstring: rules, defaults, deviations)."""
+
+    name = "lpp"
+    config_cls = LPPConfig
+    supports_empty_classes: ClassVar[bool] = True
+
+    def fit(self, task: Task) -> "LPP":
+        cfg = self._validated_config()
+        check_task(task, needs_shots=True, needs_text=True, supports_empty_classes=True, method=self.name)
+        check_val_covers(task, self.name)
+        x, y = training_rows(task.train, cfg.use_aug_views)
+        device = x.device
+        text_all = task.text_weights.to(device).float()
+        num_classes = task.num_classes
+        seen = seen_classes(y, num_classes)
+        seen_idx = seen.nonzero().flatten()
+        remap = torch.full((num_classes,), -1, dtype=torch.long, device=device)
+        remap[seen_idx] = torch.arange(len(seen_idx), device=device)
+        ys, text = remap[y], text_all[seen_idx]
+        n_seen = len(seen_idx)
+
+        weight0, alpha0 = lpp_init(x, ys, text, n_seen, cfg.alpha_init_scale)
+        lr_v, lr_a = lpp_step_sizes(x, text, cfg.lr_factor, cfg.alpha_lr_factor)
+        weight = weight0.clone().requires_grad_(True)
+        bias = torch.zeros(n_seen, device=device, requires_grad=True)
+        alpha = torch.full((n_seen,), float(alpha0), device=device, requires_grad=True)
+        opt = torch.optim.SGD([weight, bias], lr=lr_v, momentum=cfg.momentum)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.iters) if cfg.lr_schedule == "cosine" else None
+        text_logits = x @ text.T  # [N, Cs], fixed
+        gen = cpu_generator(task.seed)
+        use_val = cfg.select_on_val and task.val is not None and len(task.val) > 0
+        val_x = task.val.features.to(device).float() if use_val else None
+        self.text_ = text_all
+        acc_grad = torch.zeros(n_seen, device=device)
+        best_acc, self.best_iter_ = -1.0, cfg.iters - 1
+        best: tuple[torch.Tensor, ...] | None = None
+        self.loss_history_: list[float] = []
+        for it in range(cfg.iters):
+            if cfg.batch_size and cfg.batch_size < len(x):
+                batches = torch.randperm(len(x), generator=gen).to(device).split(cfg.batch_size)
+            else:
+                batches = (None,)
+            g_alpha = torch.zeros(n_seen, device=device)
+            losses = []
+            for idx in batches:
+                xb, tb, yb = (x, text_logits, ys) if idx is None else (x[idx], text_logits[idx], ys[idx])
+                opt.zero_grad(set_to_none=True)
+                alpha.grad = None
+                loss = F.cross_entropy(torch.addmm(bias, xb, weight.T) + alpha * tb, yb)
+                loss.backward()
+                opt.step()
+                g_alpha += alpha.grad
+                losses.append(float(loss))
+            self.loss_history_.append(sum(losses) / len(losses))
+            if sched is not None:
+                sched.step()
+            g_alpha /= len(batches)
+            acc_grad = acc_grad + g_alpha if cfg.accumulate_alpha_grad else g_alpha
+            if cfg.alpha_every > 0 and (it + 1) % cfg.alpha_every == 0:
+                with torch.no_grad():
+                    alpha -= lr_a * acc_grad
+            if use_val:
+                params = self._assemble(weight.detach(), bias.detach(), alpha.detach(), seen_idx, num_classes)
+                acc = accuracy(lpp_logits(val_x, *params, text_all), task.val.labels)
+                if acc >= best_acc:
+                    best_acc, self.best_iter_, best = acc, it, tuple(p.clone() for p in params)
+        if best is None:
+            best = self._assemble(weight.detach(), bias.detach(), alpha.detach(), seen_idx, num_classes)
+        self.weight_, self.bias_, self.alpha_ = best
+        self.val_acc_ = best_acc if use_val else None
+        self.step_sizes_ = (lr_v, lr_a)
+        log.info("lpp: lr_v=%.4g lr_alpha=%.4g alpha0=%.4g, kept iteration %d", lr_v, lr_a, float(alpha0),
+                 self.best_iter_)
+        self.fitted_ = True
+        return self
+
+    def _validated_config(self) -> LPPConfig:
+        cfg = self.config
+        if cfg.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"lpp: lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
+        if cfg.empty_class_visual not in ("mean", "zero"):
+            raise ConfigError(f"lpp: empty_class_visual must be 'mean' or 'zero', got {cfg.empty_class_visual!r}")
+        if cfg.iters < 1 or cfg.batch_size < 0 or cfg.alpha_every < 0:
+            raise ConfigError("lpp: iters must be >= 1, batch_size and alpha_every >= 0")
+        return cfg
+
+    def _assemble(self, weight: torch.Tensor, bias: torch.Tensor, alpha: torch.Tensor, seen_idx: torch.Tensor,
+                  num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Trained-class parameters [Cs, ...] -> all-class parameters [C, ...] (classes without shots filled)."""
+        if len(seen_idx) == num_classes:
+            return weight, bias, alpha
+        mean = self.config.empty_class_visual == "mean"
+        full_w = (weight.mean(0) if mean else torch.zeros_like(weight[0])).expand(num_classes, -1).clone()
+        full_b = torch.full((num_classes,), float(bias.mean()) if mean else 0.0, device=bias.device)
+        full_a = torch.full((num_classes,), float(alpha.mean()), device=alpha.device)
+        full_w[seen_idx], full_b[seen_idx], full_a[seen_idx] = weight, bias, alpha
+        return full_w, full_b, full_a
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        self._check_fitted()
+        check_features(features, self.weight_.shape[1])
+        dev = features.device
+        return lpp_logits(features.float(), self.weight_.to(dev), self.bias_.to(dev), self.alpha_.to(dev),
+                          self.text_.to(dev))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight_, "bias": self.bias_, "alpha": self.alpha_, "text": self.text_}
+
+    def fitted_meta(self) -> dict[str, Any]:
+        return {"best_iter": self.best_iter_, "val_acc": self.val_acc_, "step_sizes": list(self.step_sizes_)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.weight_, self.bias_, self.alpha_, self.text_ = (state[k].float() for k in ("weight", "bias", "alpha",
+                                                                                           "text"))
+        self.best_iter_, self.val_acc_ = int(meta["best_iter"]), meta.get("val_acc")
+        self.step_sizes_ = tuple(meta.get("step_sizes", (0.0, 0.0)))
