@@ -241,6 +241,59 @@ def score(
         json_out.write_text(json.dumps(metrics, indent=2))
 
 
+@app.command("eval")
+def eval_(
+    data: Path = typer.Argument(..., help="Dataset with a labelled training pool."),
+    protocol: str = typer.Option("fewshot", help="Protocol: fewshot."),
+    test: Optional[Path] = typer.Option(None, help="Labelled test dataset (default: DATA's test split)."),
+    backbone: str = BackboneOpt,
+    method_names: Optional[str] = typer.Option(None, "--methods", help="Comma-separated (default: every cached-feature "
+                                               "method)."),
+    shots: str = typer.Option("1,2,4,8,16", help="Comma-separated K values."),
+    seeds: str = typer.Option("1,2,3", help="Comma-separated seeds."),
+    layout: str = LayoutOpt,
+    train_split: str = typer.Option("train", help="Split of DATA holding the pool."),
+    test_split: str = typer.Option("test", help="Split holding the labelled test images."),
+    templates: Optional[list[str]] = typer.Option(None, "--template", help="Prompt template(s) with {}; repeat."),
+    prompts: Optional[Path] = typer.Option(None, help="Prompt JSON file or folder."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="method.key=value override; repeat."),
+    out: Path = typer.Option(Path("kshot-out/eval"), "--out", "-o", help="Results folder (results.jsonl, tables, "
+                             "plots); re-running skips finished cells."),
+    cache: Optional[Path] = CacheOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Run a protocol (methods x shots x seeds), resumable, and write a Markdown table and few-shot curves."""
+    from kshot import workflow as wf
+    from kshot.data.sources import load_dataset
+    from kshot.eval.fewshot import FewShotInputs, FewShotProtocol, ResultStore, cached_feature_methods, run_fewshot
+    from kshot.eval.report import markdown_table, plot_curves
+
+    if protocol != "fewshot":
+        raise KshotError(f"unknown protocol {protocol!r}; available: fewshot")
+    names = method_names.split(",") if method_names else cached_feature_methods()
+    per_method: dict[str, dict] = {}
+    for key, value in wf.parse_overrides(overrides or []).items():
+        if "." not in key:
+            raise KshotError(f"--set {key}=...: use method.key=value in eval (e.g. tip_adapter.alpha=1)")
+        m, field = key.split(".", 1)
+        per_method.setdefault(m, {})[field] = value
+    proto = FewShotProtocol(names, tuple(int(k) for k in shots.split(",")), tuple(int(s) for s in seeds.split(",")),
+                            per_method)
+    pool = load_dataset(data, layout=layout, split=train_split)
+    test_ds = load_dataset(test or data, layout=layout if test is None else "auto", split=test_split)
+    bb = _load_backbone(backbone, device)
+    store = _store(cache, device)
+    spec = wf.prompt_spec_for(pool, templates, prompts)
+    inputs = FewShotInputs(pool.name, bb.spec, store.get(bb, pool, name="pool"), store.get(bb, test_ds, name="test"),
+                           pool.classnames, wf.text_weights_for(bb, pool, spec), bb.logit_scale)
+    records = run_fewshot(inputs, proto, ResultStore(out / "results.jsonl"), progress=console.print)
+    table = markdown_table(records)
+    (out / f"{pool.name}_table.md").write_text(table)
+    plot_curves(records, out / f"{pool.name}_curves.png", f"{pool.name} — {bb.spec}")
+    Console().print(table)
+    console.print(f"results in {out}")
+
+
 @app.command()
 def methods() -> None:
     """List registered methods with a one-line description."""

@@ -38,8 +38,9 @@ SPLITS = ("train", "testA", "testB", "test")
 def split_domain(raw: str, domains: Sequence[str] = CHALLENGE_DOMAINS) -> tuple[str | None, str]:
     """Split a raw class name into (domain, rest).
 
-    The domain is the earliest `<domain>_` occurrence (case-insensitive) that starts the name or follows a separator;
-    any text before it is dropped too (e.g. '03_Thu-dog_Pomeranian'). On ties the longest domain wins.
+    The domain is a `<domain>_` prefix (case-insensitive), optionally after a letter-free lead such as '03_'
+    ('03_Thu-dog_Pomeranian'); a domain word inside a name ('Stuffed_Animal_toy') is not a prefix. The earliest match
+    wins, and on ties the longest domain.
 
     Returns:
         (domain as spelled in `domains`, remainder) or (None, raw) when no domain matches.
@@ -50,7 +51,7 @@ def split_domain(raw: str, domains: Sequence[str] = CHALLENGE_DOMAINS) -> tuple[
         key = d.lower() + "_"
         start = 0
         while (p := low.find(key, start)) >= 0:
-            if p == 0 or low[p - 1] in "_- ":
+            if p == 0 or (low[p - 1] in "_- " and not any(ch.isalpha() for ch in low[:p])):
                 cand = (p, -len(d), d)
                 if best is None or cand < best:
                     best = cand
@@ -163,7 +164,7 @@ def read_challenge(root: Path | str, split: str = "train", *, classes_file: Path
         log.warning("%s: ignoring %d entries that are not image files (e.g. %s)", folder, len(other), other[0])
     classnames, doms = challenge_classes(raw)
     return Dataset(root=folder, items=[Item(n) for n in names], classnames=classnames,
-                   class_domains=_domains_or_none(doms), name="challenge", raw_classnames=list(raw))
+                   class_domains=domains_or_none(doms), name="challenge", raw_classnames=list(raw))
 
 
 def _read_train(root: Path, raw: list[str], cfile: Path, image_root: Path | str | None,
@@ -191,11 +192,12 @@ def _read_train(root: Path, raw: list[str], cfile: Path, image_root: Path | str 
     empty = len(raw) - len({it.label for it in items})
     if empty:
         log.info("challenge: %d of %d classes have no training image (zero-shot classes)", empty, len(raw))
-    return Dataset(root=base, items=items, classnames=classnames, class_domains=_domains_or_none(doms),
+    return Dataset(root=base, items=items, classnames=classnames, class_domains=domains_or_none(doms),
                    name="challenge", raw_classnames=list(raw), skipped=skipped)
 
 
-def _domains_or_none(doms: list[str | None]) -> list[str] | None:
+def domains_or_none(doms: list[str | None]) -> list[str] | None:
+    """None when no class has a domain, else one string per class ('' = unknown)."""
     return None if all(d is None for d in doms) else [d or "" for d in doms]
 
 

@@ -131,8 +131,8 @@ def read_coop_split(path: Path | str, split: str = "train", *, image_root: Path 
     keep, skipped = check_missing(root, [r[0] for r in rows], [f"{path}: {split}[{i}]" for i in range(len(rows))],
                                   on_missing, f"{path} ({split})")
     items = [Item(rows[i][0], rows[i][1]) for i in keep]
-    return Dataset(root=root, items=items, classnames=[clean_name(r) for r in raw], name=name or coop_dataset_name(path),
-                   raw_classnames=raw, skipped=skipped)
+    return Dataset(root=root, items=items, classnames=[clean_name(r) for r in raw],
+                   name=name or coop_dataset_name(path), raw_classnames=raw, skipped=skipped)
 
 
 def write_coop_split(path: Path | str, train: Dataset, val: Dataset | None, test: Dataset | None) -> None:

@@ -95,13 +95,15 @@ def read_image_folder(root: Path | str, *, on_empty: OnEmpty = "error", name: st
 
 
 def read_flat_folder(root: Path | str, *, classnames: Sequence[str] | None = None,
-                     raw_classnames: Sequence[str] | None = None, name: str | None = None) -> Dataset:
+                     raw_classnames: Sequence[str] | None = None, class_domains: Sequence[str] | None = None,
+                     name: str | None = None) -> Dataset:
     """Read a flat folder of unlabelled images (a test set): items are the file names in sorted order.
 
     Args:
         root: the folder.
         classnames: the class list the images will be classified into, if known.
         raw_classnames: their raw spelling (same length).
+        class_domains: their domains (same length).
         name: dataset name (default: the folder name).
     """
     root = Path(root)
@@ -111,7 +113,10 @@ def read_flat_folder(root: Path | str, *, classnames: Sequence[str] | None = Non
     if not names:
         raise DataError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     check_unique_names(names, str(root))
-    if raw_classnames is not None and classnames is not None and len(raw_classnames) != len(classnames):
-        raise DataError(f"{len(raw_classnames)} raw class names for {len(classnames)} classes")
+    n_cls = len(classnames or [])
+    for what, xs in (("raw class names", raw_classnames), ("class domains", class_domains)):
+        if xs is not None and len(xs) != n_cls:
+            raise DataError(f"{len(xs)} {what} for {n_cls} classes")
     return Dataset(root=root, items=[Item(n) for n in names], classnames=list(classnames or []), name=name or root.name,
+                   class_domains=list(class_domains) if class_domains is not None else None,
                    raw_classnames=list(raw_classnames) if raw_classnames is not None else None)

@@ -39,13 +39,14 @@ def parse_list_file(path: Path | str, *, allow_unlabelled: bool = False) -> list
         allow_unlabelled: accept lines with a path only (label None).
     """
     path = Path(path)
+    src = str(path)
     out: list[ListEntry] = []
     first_line: dict[str, int] = {}
     for n, raw in enumerate(read_text_lines(path), start=1):
         line = raw.strip()
         if not line:
             continue
-        where = f"{path}:{n}"
+        where = f"{src}:{n}"
         tokens = line.rsplit(maxsplit=1)
         if len(tokens) == 1:
             if not allow_unlabelled:

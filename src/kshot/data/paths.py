@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import posixpath
 import re
 import tempfile
 from pathlib import Path
@@ -54,12 +53,14 @@ def normalize_relpath(raw: str, where: str) -> str:
         raise DataError(f"{where}: empty path")
     if p.startswith("/") or _DRIVE.match(p):
         raise DataError(f"{where}: absolute path {raw!r} is not allowed; paths must be relative to the dataset root")
-    parts = [c for c in p.split("/") if c not in ("", ".")]
-    if any(c == ".." for c in parts):
+    parts = p.split("/")
+    if "" in parts or "." in parts:
+        parts = [c for c in parts if c not in ("", ".")]
+    if ".." in parts:
         raise DataError(f"{where}: path {raw!r} escapes the dataset root ('..' is not allowed)")
     if not parts:
         raise DataError(f"{where}: path {raw!r} names no file")
-    return posixpath.join(*parts)
+    return "/".join(parts)
 
 
 def find_missing(root: Path, relpaths: Sequence[str]) -> list[int]:

@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Callable, Protocol
 
-from kshot.data.challenge import challenge_classes, is_challenge_root, read_challenge
+from kshot.data.challenge import challenge_classes, domains_or_none, is_challenge_root, read_challenge
 from kshot.data.coop_split import is_coop_split_file, read_coop_split
 from kshot.data.dataset import Dataset
 from kshot.data.imagefolder import looks_like_image_folder, read_flat_folder, read_image_folder
@@ -86,8 +86,8 @@ def _folder(path: Path, split: str, classes_file, image_root, on_missing) -> Dat
     if classes_file is None:
         return read_flat_folder(path)
     raw = read_classes_file(classes_file)
-    names, _ = challenge_classes(raw)
-    return read_flat_folder(path, classnames=names, raw_classnames=raw)
+    names, doms = challenge_classes(raw)
+    return read_flat_folder(path, classnames=names, raw_classnames=raw, class_domains=domains_or_none(doms))
 
 
 def detect_layout(path: Path | str) -> str:

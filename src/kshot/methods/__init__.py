@@ -4,5 +4,14 @@ from kshot.methods.base import METHODS, Method, Task, create, load
 
 # Method modules are imported here explicitly (no star imports); each registers itself.
 from kshot.methods import zeroshot  # noqa: F401
+from kshot.methods import linear_probe  # noqa: F401
+from kshot.methods import lpp  # noqa: F401
+from kshot.methods import clip_adapter  # noqa: F401
+from kshot.methods import inmap  # noqa: F401
+from kshot.methods import tip_adapter  # noqa: F401
+from kshot.methods import tip_adapter_f  # noqa: F401
+from kshot.methods import ape  # noqa: F401
+from kshot.methods import ape_t  # noqa: F401
+from kshot.methods import track1  # noqa: F401
 
 __all__ = ["METHODS", "Method", "Task", "create", "load"]

@@ -147,7 +147,7 @@ class ClipAdapter(Method):
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             last = step == cfg.steps - 1
             if use_val and ((step + 1) % cfg.eval_every == 0 or last):
                 with torch.no_grad():

@@ -154,7 +154,7 @@ class LPP(Method):
                 loss.backward()
                 opt.step()
                 g_alpha += alpha.grad
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
             self.loss_history_.append(sum(losses) / len(losses))
             if sched is not None:
                 sched.step()

@@ -9,6 +9,12 @@ values and s [M] an optional per-entry score (APE's KL confidence; γ = 0 when a
 (`gaopengcuhk/Tip-Adapter:utils.py: search_hp`, `yangyangyang127/APE:main.py: APE`) loops over a β × α (× γ) grid
 and keeps the first cell with the best accuracy (strict `>`). Here every cell is computed with batched tensor ops,
 in chunks bounded by `max_elements`, and ties go to the first cell in the same (β outer, α, γ inner) order.
+
+For a fixed (β, γ) the logits are linear in α, so image n is classified correctly exactly for α in an open interval
+(lower_n, upper_n): with Z, K its clip and cache logits and y its label, every other class c needs
+(Z_y − Z_c) + α (K_y − K_c) > 0. The default `strategy="interval"` computes these bounds once per (β, γ), in
+O(N·C), and counts the α values inside them in O(N·A), instead of an arg-max over C for every α (O(N·C·A));
+`strategy="argmax"` does the literal arg-max (same counts up to floating-point ties at an interval end).
 """
 
 from __future__ import annotations
@@ -60,7 +66,8 @@ class SearchResult:
 
 def grid_search(clip_logits: torch.Tensor, affinity: torch.Tensor, values: torch.Tensor, labels: torch.Tensor,
                 betas: torch.Tensor, alphas: torch.Tensor, gammas: torch.Tensor | None = None,
-                scores: torch.Tensor | None = None, max_elements: int = 1 << 24) -> SearchResult:
+                scores: torch.Tensor | None = None, max_elements: int = 1 << 24,
+                strategy: str = "interval") -> SearchResult:
     """Best (β, α, γ) by validation accuracy, over the full grid, vectorised.
 
     Args:
@@ -73,6 +80,7 @@ def grid_search(clip_logits: torch.Tensor, affinity: torch.Tensor, values: torch
         scores: [M] per-entry scores (APE's KL confidence).
         max_elements: bound on the size of the largest intermediate tensor (memory knob; the result does not
             depend on it).
+        strategy: "interval" (default, fast) or "argmax" (literal); see the module docstring.
 
     Returns:
         The first best cell in (β, α, γ) loop order, as the official code picks it.
@@ -85,6 +93,8 @@ def grid_search(clip_logits: torch.Tensor, affinity: torch.Tensor, values: torch
         raise DataError("grid_search: the validation split is empty")
     if (gammas is None) != (scores is None):
         raise ConfigError("grid_search: gammas and scores go together")
+    if strategy not in ("interval", "argmax"):
+        raise ConfigError(f"grid_search: strategy must be 'interval' or 'argmax', got {strategy!r}")
     dev = clip_logits.device
     betas, alphas = betas.to(dev, torch.float32), alphas.to(dev, torch.float32)
     if gammas is None:
@@ -98,14 +108,20 @@ def grid_search(clip_logits: torch.Tensor, affinity: torch.Tensor, values: torch
     clip_logits, affinity = clip_logits.float(), affinity.float()
 
     per_beta = ng * n * c  # elements of one β's cache logits
-    a_chunk = max(1, min(na, max_elements // max(1, per_beta)))
-    b_chunk = max(1, max_elements // max(1, per_beta * a_chunk, n * affinity.shape[1]))
+    a_chunk = na if strategy == "interval" else max(1, min(na, max_elements // max(1, per_beta)))
+    b_chunk = max(1, max_elements // max(1, 6 * per_beta, per_beta * a_chunk if strategy == "argmax" else 0,
+                                         n * affinity.shape[1], ng * n * na))
     correct = torch.empty(len(betas), na, ng, dtype=torch.int64, device=dev)
     with torch.no_grad():
         for b0 in range(0, len(betas), b_chunk):
             bs = betas[b0:b0 + b_chunk]
             kern = cache_kernel(affinity[None], bs[:, None, None])  # [b, N, M]
             cache = torch.einsum("bnm,gmc->bgnc", kern, weighted)  # [b, G, N, C]
+            if strategy == "interval":
+                lower, upper = correct_alpha_interval(clip_logits, cache, labels)  # [b, G, N]
+                inside = (lower[:, :, None] < alphas[:, None]) & (alphas[:, None] < upper[:, :, None])  # [b,G,A,N]
+                correct[b0:b0 + len(bs)] = inside.sum(dim=-1).transpose(1, 2)
+                continue
             for a0 in range(0, na, a_chunk):
                 al = alphas[a0:a0 + a_chunk]
                 total = clip_logits + al[None, :, None, None, None] * cache[:, None]  # [b, a, G, N, C]
@@ -120,6 +136,33 @@ def grid_search(clip_logits: torch.Tensor, affinity: torch.Tensor, values: torch
     log.info("grid search: beta=%.3f alpha=%.3f gamma=%.3f val acc=%.4f over %d cells", result.beta, result.alpha,
              result.gamma, result.accuracy, correct.numel())
     return result
+
+
+def correct_alpha_interval(clip_logits: torch.Tensor, cache_logits: torch.Tensor,
+                           labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Open α interval (lower, upper) in which argmax(Z + α K) is the label, per image.
+
+    Args:
+        clip_logits: Z [N, C].
+        cache_logits: K [..., N, C].
+        labels: [N].
+
+    Returns:
+        lower, upper [..., N]; an image that is never right gets lower = +inf. A class tied with the label for
+        every α (same Z and K) wins only if its index is lower, as in `torch.argmax`.
+    """
+    idx = labels[:, None]
+    d_z = clip_logits.gather(1, idx) - clip_logits  # [N, C]
+    d_k = cache_logits.gather(-1, idx.expand(*cache_logits.shape[:-1], 1)) - cache_logits  # [..., N, C]
+    others = torch.ones_like(d_z, dtype=torch.bool).scatter_(1, idx, False)
+    ratio = -d_z / torch.where(d_k == 0, torch.ones_like(d_k), d_k)  # the α where class c catches up
+    inf = torch.tensor(float("inf"), device=d_z.device)
+    lower = torch.where((d_k > 0) & others, ratio, -inf).amax(dim=-1)
+    upper = torch.where((d_k < 0) & others, ratio, inf).amin(dim=-1)
+    cls = torch.arange(d_z.shape[1], device=d_z.device)
+    flat_ok = (d_z > 0) | ((d_z == 0) & (labels[:, None] < cls))  # needed where d_k == 0
+    never = ((d_k == 0) & others & ~flat_ok).any(dim=-1)
+    return torch.where(never, inf, lower), upper
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -20,8 +20,9 @@ Track1).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -120,7 +121,7 @@ def train_epochs(params: list[torch.nn.Parameter], logits_fn: Callable[[torch.Te
         log.debug("epoch %d: %s", epoch, row)
     if best_state is not None:
         with torch.no_grad():
-            for p, saved in zip(params, best_state):
+            for p, saved in zip(params, best_state, strict=True):
                 p.copy_(saved)
     return result
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from kshot.methods.base import METHODS, Method, Task
+from kshot.methods.checks import check_features, check_task
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,10 @@ class ZeroShot(Method):
     name = "zeroshot"
     config_cls = ZeroShotConfig
 
+    supports_empty_classes = True
+
     def fit(self, task: Task) -> "ZeroShot":
-        if task.text_weights is None:
-            raise ValueError("zeroshot needs text weights (a CLIP backbone)")
+        check_task(task, needs_shots=False, method=self.name)
         self.weights_ = task.text_weights.float().clone()
         self.scale_ = float(task.logit_scale)
         self.fitted_ = True
@@ -34,6 +36,7 @@ class ZeroShot(Method):
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
+        check_features(features, self.weights_.shape[1])
         return self.scale_ * features.float() @ self.weights_.to(features.device).T
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -251,7 +251,11 @@ class World:
         attrs = self.sample_pretraining_attributes(n, rng)
         return self.render_attributes(attrs, rng), self.captions(attrs, rng)
 
-    def _render_class(self, class_id: int, n: int, split: str, seed: int) -> np.ndarray:
+    def render_class(self, class_id: int, n: int, split: str = "test", seed: int = 0) -> np.ndarray:
+        """n images [n, S, S, 3] of one class for a split part ('train' | 'val' | 'test'), as `make_split` draws them
+        (also for classes without training images)."""
+        if split not in _SPLIT_CODE:
+            raise ConfigError(f"split part must be one of {list(_SPLIT_CODE)}, got {split!r}")
         rng = np.random.default_rng([self.spec.seed, seed, class_id, _SPLIT_CODE[split]])
         return self.render_attributes(self.sample_attributes(np.full(n, class_id), rng), rng)
 
@@ -277,7 +281,7 @@ class World:
             if not self.classes[cid].has_train:
                 counts["train"] = counts["val"] = 0
             for part, n in counts.items():
-                parts[part][0].append(self._render_class(cid, n, part, seed))
+                parts[part][0].append(self.render_class(cid, n, part, seed))
                 parts[part][1].append(np.full(n, label, dtype=np.int64))
         s = self.image_size
 

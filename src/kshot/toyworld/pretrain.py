@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from kshot.errors import CheckpointError, ConfigError
 from kshot.toyworld.captions import caption_words
 from kshot.toyworld.generator import World, WorldSpec
-from kshot.toyworld.model import ToyClipCfg, build_toy_clip, images_to_tensor, toy_preprocess_cfg
+from kshot.toyworld.model import ToyClipCfg, build_toy_clip, encode_text_trimmed, images_to_tensor, toy_preprocess_cfg
 from kshot.toyworld.tokenizer import ToyTokenizer, build_vocab
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def make_tokenizer(context_length: int) -> ToyTokenizer:
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        skip = p.ndim < 2 or "ln" in name or "bias" in name or "logit_scale" in name
+        skip = p.ndim < 2 or "ln" in name or "bias" in name or "logit_scale" in name or "positional_embedding" in name
         (no_decay if skip else decay).append(p)
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
@@ -177,7 +177,9 @@ def pretrain(
             tokens = tokenizer(captions)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, config)
-            img_f, txt_f, scale = model(x, tokens)[:3]
+            img_f = F.normalize(model.encode_image(x), dim=-1)
+            txt_f = F.normalize(encode_text_trimmed(model, tokens), dim=-1)
+            scale = model.logit_scale.exp()
             loss = clip_loss(img_f, txt_f, scale)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -186,10 +188,11 @@ def pretrain(
             with torch.no_grad():
                 model.logit_scale.clamp_(0.0, math.log(100.0))
             losses.append(float(loss.detach()))
+            scale = float(scale.detach())
             if step % 10 == 0:
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", scale=f"{float(scale):.1f}")
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", scale=f"{scale:.1f}")
             if step % 50 == 0 or step == config.steps - 1:
-                log.info("step %d/%d loss %.4f scale %.2f (%.1fs)", step + 1, config.steps, losses[-1], float(scale),
+                log.info("step %d/%d loss %.4f scale %.2f (%.1fs)", step + 1, config.steps, losses[-1], scale,
                          time.time() - t0)
             if ckpt is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
                 ckpt.parent.mkdir(parents=True, exist_ok=True)

@@ -18,11 +18,11 @@ from kshot.errors import ConfigError
 
 PAD, SOT, EOT, EOW, UNK_CHAR = "<pad>", "<sot>", "<eot>", "</w>", "<unk_char>"
 CHARS: str = string.ascii_lowercase + string.digits + "-'!?,.&()/:;+"
-_SPLIT = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
+_SPLIT = re.compile(r"[^\W_]+|[^\w\s]")
 
 
 def split_words(text: str) -> list[str]:
-    """Lower-case `text`, treat '_' as a space, split into alphanumeric runs and single punctuation characters."""
+    """Lower-case `text`, treat '_' as a space, split into runs of letters or digits and single punctuation characters."""
     return _SPLIT.findall(text.lower().replace("_", " "))
 
 
