@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from kshot.data.dataset import Dataset, Item
 from kshot.eval.fewshot import (
     FewShotInputs,
     FewShotProtocol,
@@ -40,9 +41,38 @@ def _world_root(cache: Path | None) -> Path:
     return base / "toyworld" / "demo-v1"
 
 
+DEMO_IMAGES = {"n_train": 24, "n_val": 8, "n_test": 25}  # per class; the pool holds train + val (32 per class)
+
+
 def ensure_demo_world(root: Path) -> Path:
-    """Export the default toy world in the challenge layout to `root` unless a complete export is there."""
-    raise NotImplementedError
+    """Export the default toy world in the challenge layout to `root` unless a complete export is there.
+
+    The export goes to a temporary sibling folder renamed into place at the end, so an interrupted export is never
+    mistaken for a complete one.
+    """
+    import shutil
+
+    from kshot.toyworld.export import export_world
+    from kshot.toyworld.generator import World
+
+    root = Path(root)
+    if (root / "test_labels.txt").is_file():
+        return root
+    tmp = root.with_name(root.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_world(World(), "challenge", tmp, seed=0, **DEMO_IMAGES)
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
+    return root
+
+
+def labelled_test(root: Path, pool: Dataset) -> Dataset:
+    """The challenge replica's test images with their hidden labels (`test_labels.txt`), in the pool's class list."""
+    from kshot.data.listfile import read_list_file
+
+    listed = read_list_file(root / "test_labels.txt", root=root)
+    return Dataset(root, [Item(it.path, it.label) for it in listed.items], pool.classnames, pool.class_domains,
+                   name="toyworld-test", raw_classnames=pool.raw_classnames)
 
 
 def run_demo(out: Path, *, seed: int = 1, all_methods: bool = False, cache: Path | None = None,
@@ -60,8 +90,7 @@ def run_demo(out: Path, *, seed: int = 1, all_methods: bool = False, cache: Path
     root = ensure_demo_world(_world_root(cache))
     con.print(f"[bold]toy world[/] in {root}")
     pool = load_dataset(root, layout="challenge", split="train")
-    test = load_dataset(root / "test_labels.txt", layout="list", classes_file=root / "classes_b.txt",
-                        image_root=root)
+    test = labelled_test(root, pool)
     bb = load_backbone("toy:clip")
     store = FeatureStore((Path(cache) if cache else default_cache_dir().parent) / "features",
                          extract=ExtractConfig(batch_size=256, num_workers=0))
@@ -101,13 +130,10 @@ def run_demo(out: Path, *, seed: int = 1, all_methods: bool = False, cache: Path
     k_sub = max(shots)
     all_inputs = FewShotInputs("toyworld-all", bb.spec, pool_fs, test_fs, pool.classnames, tw, bb.logit_scale)
     sub_rec, logits = run_cell(all_inputs, SUBMISSION_METHOD, k_sub, seed, {})
-    from kshot.eval.result_file import write_result_txt
+    from kshot.eval.result_file import read_result_txt, write_result_txt
 
-    flat = load_dataset(root, layout="challenge", split="testA")
-    by_name = {Path(p).name: i for i, p in enumerate(test_fs.paths)}
-    order = [by_name[Path(it.path).name] for it in flat.items]
-    write_result_txt(out / "result.txt", [flat.items[i].path for i in range(len(flat))],
-                     topk_ids(logits, 5).numpy()[order], zip_it=True)
+    write_result_txt(out / "result.txt", test_fs.paths, topk_ids(logits, 5).numpy(), zip_it=True)
+    read_result_txt(out / "result.txt", num_classes=pool.num_classes, test_dir=root / "TestSetA")  # validates
     pred = logits.argmax(1).numpy()
     cm = confusion_matrix(pred, test_fs.labels.numpy(), pool.num_classes)
     plot_confusion(cm, pool.classnames, out / "confusion.png",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import json
 import logging
 from pathlib import Path
@@ -150,7 +151,7 @@ def load_random(spec: str, arch: str, opts: LoadOptions) -> Backbone:
     cfg, quick_gelu = _named_cfg(arch, opts)
     with seeded_init():
         model = _create_named(arch, opts, None, False)
-    tok = _open_clip().get_tokenizer(arch)
+    tok = _named_tokenizer(arch)
     return _finish(spec, arch, model, tok, cfg, opts, _identity(_canonical(cfg), quick_gelu), {"pretrained": None})
 
 
@@ -174,7 +175,7 @@ def load_tag(spec: str, arch: str, tag: str, opts: LoadOptions) -> Backbone:
             f"could not get open_clip weights {arch}@{tag} (offline, or not in the cache): {_reason(e)}. "
             + offline_hint(arch)
         ) from None
-    tok = oc.get_tokenizer(arch)
+    tok = _named_tokenizer(arch)
     return _finish(spec, arch, model, tok, cfg, opts, _identity(_canonical(cfg), quick_gelu), {"pretrained": tag})
 
 
@@ -253,7 +254,7 @@ def load_file(spec: str, path: Path, opts: LoadOptions, arch: str | None = None)
         cfg, quick_gelu = _named_cfg(name, opts)
         with seeded_init(), quiet_root_log(*_RANDOM_INIT_LOG):
             model = _create_named(name, opts, None, False)
-        tok = oc.get_tokenizer(name)
+        tok = _named_tokenizer(name)
     else:
         with seeded_init():
             model = oc.CLIP(**cfg)
@@ -269,6 +270,18 @@ def _canonical(cfg: dict[str, Any]) -> str:
     return json.dumps(cfg, sort_keys=True, default=str)
 
 
+@functools.lru_cache(maxsize=16)
+def _named_tokenizer(name: str) -> Any:
+    """open_clip's tokenizer for a config name (cached: building the BPE tables takes ~0.3 s; tokenizers are
+    stateless apart from a memo of encoded words)."""
+    return _open_clip().get_tokenizer(name)
+
+
+@functools.lru_cache(maxsize=16)
+def _bpe_tokenizer(context_length: int) -> Any:
+    return _open_clip().SimpleTokenizer(context_length=context_length)
+
+
 def _plain_tokenizer(cfg: dict[str, Any]) -> Any:
     """CLIP's BPE tokenizer at the model's context length (for inferred configs that match no built-in)."""
     text = cfg["text_cfg"]
@@ -277,7 +290,7 @@ def _plain_tokenizer(cfg: dict[str, Any]) -> Any:
             "text vocabulary of %d tokens is smaller than the CLIP BPE tokenizer's 49408: tokenize() output will not "
             "fit this model (pass token ids directly)", text["vocab_size"],
         )
-    return _open_clip().SimpleTokenizer(context_length=text["context_length"])
+    return _bpe_tokenizer(int(text["context_length"]))
 
 
 def load_open_clip(spec: str, rest: str, opts: LoadOptions) -> Backbone:

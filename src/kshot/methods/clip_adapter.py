@@ -3,7 +3,8 @@
 A(f) = ReLU(ReLU(f W₁) W₂), bias-free, bottleneck D/4; f* = ρ·A(f) + (1−ρ)·f; logits = scale · cos(f*, t_c) with the
 fixed text classifier rows t_c; cross-entropy. Facts from gaopengcuhk/CLIP-Adapter: clip_adapter.py (reduction 4,
 ρ = 0.2 hard-coded, f* L2-normalised before the cosine, nn.Linear's default init). The paper tunes ρ per dataset; here
-ρ is searched on `task.val` over `rho_grid` when a validation split is given, otherwise `rho` is used.
+ρ is searched on `task.val` over `rho_grid` when a validation split is given (one adapter per ρ, all trained
+together as a batch of independent models on the same mini-batches), otherwise `rho` is used.
 
 Schedule (kshot's choice; the original trains through the image encoder with CoOp's trainer, i.e. SGD, batch 32,
 random-crop augmentation, up to 200 epochs): on cached features the adapter is a small head, so we take 300 steps of
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from kshot.errors import ConfigError
-from kshot.methods._lp_common import accuracy, cpu_generator
+from kshot.methods._lp_common import cpu_generator
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
 
@@ -79,6 +80,15 @@ def adapter_logits(features: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
     return scale * mixed @ text.T
 
 
+def _grid_logits(features: torch.Tensor, down: torch.Tensor, up: torch.Tensor, text: torch.Tensor, rho: torch.Tensor,
+                 scale: float) -> torch.Tensor:
+    """`adapter_logits` for R stacked adapters: down [R, h, D], up [R, D, h], rho [R] -> logits [R, N, C]."""
+    adapted = F.relu(F.relu(features @ down.transpose(1, 2)) @ up.transpose(1, 2))  # [R, N, D]
+    rho = rho[:, None, None]
+    mixed = F.normalize(rho * adapted + (1.0 - rho) * features, dim=-1)
+    return scale * mixed @ text.T
+
+
 @METHODS.register("clip_adapter", "CLIP-Adapter: residual bottleneck MLP on image features, cosine to text weights")
 class ClipAdapter(Method):
     """CLIP-Adapter head (module docstring: formula, schedule, deviations)."""
@@ -96,34 +106,40 @@ class ClipAdapter(Method):
         self.scale_ = float(task.logit_scale)
         use_val = task.val is not None and len(task.val) > 0
         rhos = tuple(cfg.rho_grid) if (use_val and cfg.rho_grid) else (cfg.rho,)
-        best: tuple[float, float, int, torch.Tensor, torch.Tensor] | None = None
-        self.search_history_: list[tuple[float, float]] = []
-        for rho in rhos:
-            acc, step, down, up, losses = self._train(task, rho, use_val)
-            self.search_history_.append((rho, acc))
-            if best is None or acc > best[0]:
-                best = (acc, rho, step, down, up)
-                self.loss_history_ = losses
-        assert best is not None
-        val_acc, self.rho_, self.best_step_, self.down_, self.up_ = best
-        self.val_acc_ = val_acc if use_val else None
+        accs, steps, downs, ups, losses = self._train(task, rhos, use_val)
+        # First best ρ in grid order wins ties.
+        pick = int(torch.argmax(accs)) if use_val else 0
+        self.search_history_ = [(rho, float(a)) for rho, a in zip(rhos, accs.tolist())] if use_val else []
+        self.rho_, self.best_step_ = float(rhos[pick]), int(steps[pick])
+        self.down_, self.up_ = downs[pick].contiguous(), ups[pick].contiguous()
+        self.loss_history_ = losses[:, pick].tolist()
+        self.val_acc_ = float(accs[pick]) if use_val else None
         log.info("clip_adapter: rho=%.2f, kept step %d (val acc %s)", self.rho_, self.best_step_, self.val_acc_)
         self.fitted_ = True
         return self
 
-    def _train(self, task: Task, rho: float, use_val: bool
-               ) -> tuple[float, int, torch.Tensor, torch.Tensor, list[float]]:
-        """Train one adapter with residual ratio `rho`; returns (val acc, kept step, down, up, loss per step)."""
+    def _train(self, task: Task, rhos: tuple[float, ...], use_val: bool
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Train one adapter per residual ratio in `rhos`, all at once (independent parameters, shared batches).
+
+        The adapters are stacked on a leading axis R; the loss is the sum of their mean cross-entropies, so each
+        receives exactly its own gradient (and AdamW/SGD update element-wise), as if trained alone.
+
+        Returns:
+            val accuracy [R] of the kept step (-1 without val), kept step [R], down [R, D/r, D], up [R, D, D/r],
+            per-step training losses [steps, R].
+        """
         cfg = self.config
         device = task.train.features.device
         views = task.train.features.float()[None]
         if cfg.use_aug_views and task.train.aug_features is not None:
             views = torch.cat([views, task.train.aug_features.to(device).float()], dim=0)  # [V+1, N, D]
         labels = task.train.labels.to(device)
-        n = views.shape[1]
-        down0, up0 = init_adapter(views.shape[2], cfg.reduction, task.seed)
-        down = down0.to(device).requires_grad_(True)
-        up = up0.to(device).requires_grad_(True)
+        n, r = views.shape[1], len(rhos)
+        down0, up0 = init_adapter(views.shape[2], cfg.reduction, task.seed)  # same start for every ρ
+        down = down0.to(device).expand(r, -1, -1).clone().requires_grad_(True)
+        up = up0.to(device).expand(r, -1, -1).clone().requires_grad_(True)
+        rho = torch.tensor(rhos, dtype=torch.float32, device=device)
         if cfg.optimizer == "adamw":
             opt: torch.optim.Optimizer = torch.optim.AdamW([down, up], lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
@@ -132,31 +148,39 @@ class ClipAdapter(Method):
         gen = cpu_generator(task.seed + 1)
         batch = n if cfg.batch_size <= 0 else min(cfg.batch_size, n)
         order, pos = torch.randperm(n, generator=gen), 0
-        val_x = task.val.features.to(device).float() if use_val else None
-        best_acc, best_step, best_params = -1.0, cfg.steps - 1, (down0, up0)
-        losses: list[float] = []
+        if use_val:
+            val_x, val_y = task.val.features.to(device).float(), task.val.labels.to(device)
+        best_acc = torch.full((r,), -1.0, device=device)
+        best_step = torch.full((r,), cfg.steps - 1, dtype=torch.long, device=device)
+        best_down, best_up = down.detach().clone(), up.detach().clone()
+        losses: list[torch.Tensor] = []
         for step in range(cfg.steps):
             if pos + batch > n:  # new epoch: reshuffle
                 order, pos = torch.randperm(n, generator=gen), 0
             idx = order[pos:pos + batch]
             pos += batch
             view = torch.randint(views.shape[0], (len(idx),), generator=gen)
-            xb = views[view.to(device), idx.to(device)]
-            loss = F.cross_entropy(adapter_logits(xb, down, up, self.text_, rho, self.scale_), labels[idx.to(device)])
+            idx_d = idx.to(device)
+            xb, yb = views[view.to(device), idx_d], labels[idx_d]
+            logits = _grid_logits(xb, down, up, self.text_, rho, self.scale_)  # [R, B, C]
+            loss_r = F.cross_entropy(logits.flatten(0, 1), yb.repeat(r), reduction="none").view(r, -1).mean(1)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_r.sum().backward()
             opt.step()
             sched.step()
-            losses.append(float(loss.detach()))
-            last = step == cfg.steps - 1
-            if use_val and ((step + 1) % cfg.eval_every == 0 or last):
+            losses.append(loss_r.detach())
+            if use_val and ((step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1):
                 with torch.no_grad():
-                    acc = accuracy(adapter_logits(val_x, down, up, self.text_, rho, self.scale_), task.val.labels)
-                if acc >= best_acc:
-                    best_acc, best_step, best_params = acc, step, (down.detach().clone(), up.detach().clone())
+                    acc = _grid_logits(val_x, down, up, self.text_, rho, self.scale_).argmax(-1).eq(val_y)
+                    acc = acc.float().mean(1)
+                    better = acc >= best_acc  # later steps win ties
+                    best_acc = torch.where(better, acc, best_acc)
+                    best_step = torch.where(better, torch.full_like(best_step, step), best_step)
+                    best_down = torch.where(better[:, None, None], down.detach(), best_down)
+                    best_up = torch.where(better[:, None, None], up.detach(), best_up)
         if not use_val:
-            best_params = (down.detach(), up.detach())
-        return best_acc, best_step, best_params[0].to(device), best_params[1].to(device), losses
+            best_down, best_up = down.detach(), up.detach()
+        return best_acc, best_step, best_down, best_up, torch.stack(losses)
 
     def _validated_config(self) -> ClipAdapterConfig:
         cfg = self.config

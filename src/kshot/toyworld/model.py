@@ -101,7 +101,7 @@ class ToyPreprocess:
         if img.size != (s, s):
             resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
             img = img.resize((s, s), resample[self.cfg.interpolation])
-        return images_to_tensor(np.asarray(img, dtype=np.uint8)[None], self.cfg)[0]
+        return images_to_tensor(np.array(img, dtype=np.uint8)[None], self.cfg)[0]
 
 
 def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
