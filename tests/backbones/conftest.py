@@ -7,13 +7,15 @@ fp32 files and every format must load to bit-identical outputs.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import pickle
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -86,9 +88,17 @@ def write_all_formats(model: torch.nn.Module, folder: Path) -> dict[str, Path]:
     save_file({k: v.contiguous() for k, v in state.items()}, str(paths["model.safetensors"]))
     import warnings
 
+    # OpenAI's released .pt files are TorchScript archives with fp16 weights plus three int entries in the state dict.
+    openai_like = copy.deepcopy(model).half()
+    vision = model.visual.image_size
+    for key, value in (("input_resolution", vision[0] if isinstance(vision, tuple) else vision),
+                       ("context_length", TEXT_CFG["context_length"]), ("vocab_size", TEXT_CFG["vocab_size"])):
+        if hasattr(openai_like, key):
+            delattr(openai_like, key)  # open_clip keeps these as plain ints; OpenAI's archive stores tensors
+        openai_like.register_buffer(key, torch.tensor(value))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.jit.script(model).save(str(paths["torchscript.pt"]))
+        torch.jit.script(openai_like).save(str(paths["torchscript.pt"]))
     # JCLIP README conversion: jt.save(dict of torch tensors)
     paths["jclip_torch.pkl"].write_bytes(jittor_bytes(pickle.dumps(state, protocol=4)))
     with fake_jittor() as Var:

@@ -27,6 +27,8 @@ EXPECTED_KIND = {
 def test_every_format_reads_the_same_weights(fmt: str, vit_files: dict[str, Path], vit_model: torch.nn.Module) -> None:
     assert sniff_format(vit_files[fmt]) == EXPECTED_KIND[fmt]
     state = read_state_dict(vit_files[fmt])
+    if fmt == "torchscript.pt":  # OpenAI layout: fp16 weights plus integer metadata entries
+        assert state["visual.proj"].dtype == torch.float16 and int(state["input_resolution"]) == 64
     for name, ref in vit_model.state_dict().items():
         if name == "attn_mask":
             continue

@@ -48,7 +48,7 @@ def test_vit_formats_match_the_source_model(fmt, vit_backbones, vit_model, probe
 @pytest.mark.parametrize("fmt", ["torchscript.pt", "jclip_torch.pkl"])
 def test_modified_resnet_formats_match(fmt, rn_files, rn_model, probe_inputs) -> None:
     bb = load_backbone(str(rn_files[fmt]))
-    for got, ref in zip(_outputs(bb, probe_inputs), _reference(rn_model, probe_inputs)):
+    for got, ref in zip(_outputs(bb, probe_inputs), _reference(rn_model, probe_inputs), strict=True):
         assert torch.equal(got, ref)
 
 
@@ -59,7 +59,7 @@ def test_named_arch_and_inferred_builtin_agree(registered_configs, vit_files, vi
     via_arch = load_backbone(str(vit_files["model.safetensors"]), arch=name)
     assert inferred.arch == named.arch == via_arch.arch == name  # the inferred config matches the built-in
     assert named.fingerprint == inferred.fingerprint == via_arch.fingerprint
-    for got, ref in zip(_outputs(named, probe_inputs), _reference(vit_model, probe_inputs)):
+    for got, ref in zip(_outputs(named, probe_inputs), _reference(vit_model, probe_inputs), strict=True):
         assert torch.equal(got, ref)
 
 

@@ -163,3 +163,14 @@ def test_writers_roundtrip(challenge_root, tmp_path):
     assert read_classes_file(out / "c2.txt") == CHALLENGE_CLASSES + B_EXTRA
     with pytest.raises(DataError, match="no label"):
         write_train_txt(out / "t.txt", read_challenge(challenge_root, "testA"))
+
+
+def test_consistent_prefixes_without_train_folders_are_domains():
+    from kshot.data.challenge import challenge_classes, inferred_domains
+
+    raw = ["Shapes_red_star", "Shapes_blue_ring", "Creatures_zorvik", "Creatures_drosk", "Unseen_red_cross",
+           "Unseen_green_heart", "Shapes_white_cross", "Shapes_cyan_star", "Shapes_red_ring", "Shapes_blue_star",
+           "Creatures_quenna", "Creatures_plimbat"]
+    names, doms = challenge_classes(raw)
+    assert names[4] == "red cross" and doms[4] == "Unseen"
+    assert inferred_domains(["Golden_retriever", "pug", "Labrador_retriever", "Bear"]) == []

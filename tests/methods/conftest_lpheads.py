@@ -7,13 +7,27 @@ test features) carry information the zero-shot classifier lacks.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import replace
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 
 from kshot.features.featureset import FeatureSet
 from kshot.methods.base import Task
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run tiny-tensor code on one intra-op thread (restored after): on a busy shared box, BLAS threads spinning on
+    10x16 matrices make these tests many times slower without changing any result."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def sample(means: torch.Tensor, per_class: int, noise: float, gen: torch.Generator, views: int = 0,

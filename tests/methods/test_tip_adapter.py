@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from kshot.errors import ConfigError
 from kshot.methods import create
 from kshot.methods.search import linear_grid
-from kshot.methods.tip_adapter import build_cache
+from kshot.methods.tip_adapter import build_cache, in_row_chunks
 from tests.methods.conftest_cachemethods import single_thread  # noqa: F401  (autouse fixture)
 from tests.methods.conftest_cachemethods import (BAD_CASES, FAST_GRID_2, accuracy, assert_logits_input_checks,
                                                  assert_rejects, assert_round_trip, make_task, one_thread,
@@ -80,6 +80,12 @@ def test_cache_policies_with_augmented_views():
     assert m.fitted_meta()["cache_size"] == 72
     with pytest.raises(ConfigError, match="cache_policy"):
         create("tip_adapter", cache_policy="sum")
+
+
+def test_logits_in_row_chunks_equal_one_pass():
+    x = torch.randn(10, 4)
+    w = torch.randn(3, 4)
+    torch.testing.assert_close(in_row_chunks(lambda f: f @ w.T, x, rows=3), x @ w.T)
 
 
 def test_empty_classes_fall_back_to_text():

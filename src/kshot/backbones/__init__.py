@@ -4,9 +4,9 @@ the toy CLIP), with a stable fingerprint per loaded model. Start at `load_backbo
 from .base import Backbone, PreprocessCfg, hash_state_dict, make_fingerprint
 from .checkpoint import read_state_dict
 from .clip_arch import infer_clip_arch
+from .common import LoadOptions
 from .jittor_pkl import read_jittor_pkl, save_jittor_pkl
 from .loader import BACKBONES, load_backbone
-from .common import LoadOptions
 from .transforms import build_preprocess
 
 __all__ = [

@@ -24,6 +24,7 @@ class PreprocessCfg:
         mean, std: per-channel normalisation of [0, 1] RGB values.
         interpolation: 'bicubic' | 'bilinear' | 'nearest'.
         resize_mode: 'shortest' (resize short side, then center crop), 'squash' (resize to a square) or 'longest'.
+        crop_pct: center-crop fraction (timm's eval transform resizes to image_size / crop_pct first); 1.0 = none.
     """
 
     image_size: int = 224
@@ -31,6 +32,7 @@ class PreprocessCfg:
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
+    crop_pct: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -39,6 +41,7 @@ class PreprocessCfg:
             "std": list(self.std),
             "interpolation": self.interpolation,
             "resize_mode": self.resize_mode,
+            "crop_pct": self.crop_pct,
         }
 
 

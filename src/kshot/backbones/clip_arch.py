@@ -120,7 +120,8 @@ def _check_metadata(state: Mapping[str, Any], cfg: dict[str, Any]) -> None:
     }
     for key, value in expected.items():
         if key in state and int(state[key].reshape(-1)[0]) != value:
-            raise CheckpointError(f"state dict stores {key}={int(state[key].reshape(-1)[0])} but its shapes give {value}")
+            stored = int(state[key].reshape(-1)[0])
+            raise CheckpointError(f"state dict stores {key}={stored} but its shapes give {value}")
 
 
 def infer_clip_arch(state: Mapping[str, Any]) -> dict[str, Any]:

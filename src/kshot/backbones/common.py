@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -79,9 +79,5 @@ def quiet_root_log(*prefixes: str) -> Iterator[None]:
 
 
 def weights_hash(state: dict[str, torch.Tensor]) -> str:
-    """`base.hash_state_dict` of a CPU state dict, with 0-d tensors (e.g. `logit_scale`) viewed as 1-element vectors.
-
-    `hash_state_dict` views each tensor as bytes with `Tensor.view(torch.uint8)`, which torch refuses for 0-d tensors;
-    until base.py flattens first, 0-d entries are passed as shape [1] (stable, but part of the hashed shape string).
-    """
-    return hash_state_dict({k: v.reshape(1) if v.ndim == 0 else v for k, v in state.items()})
+    """`base.hash_state_dict` of a state dict (0-d tensors such as `logit_scale` included)."""
+    return hash_state_dict(state)

@@ -4,8 +4,8 @@
 8-byte magic `b"HCAJSLHD"`; `jt.load` verifies the digest when the magic is present and unpickles files without it as
 they are (Jittor `python/jittor/__init__.py`, `safepickle`/`safeunpickle`). Three payloads occur in the wild:
 
-1. a dict of **torch tensors** (JCLIP's README conversion: `jt.save(torch_model.state_dict(), ...)`). A pickled tensor is
-   `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`, and its storage is
+1. a dict of **torch tensors** (JCLIP's README conversion: `jt.save(torch_model.state_dict(), ...)`). A pickled
+   tensor is `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`, and its storage is
    `torch.storage._load_from_bytes(blob)` where `blob` is a legacy (non-zip) `torch.save` of the storage: pickled magic
    number, protocol 1001, system info, the storage as a persistent id `('storage', <torch.XStorage>, key, location,
    numel, view)`, the list of keys, then per key an int64 element count and the raw little-endian bytes;
@@ -14,8 +14,8 @@ they are (Jittor `python/jittor/__init__.py`, `safepickle`/`safeunpickle`). Thre
 
 `read_jittor_pkl` unpickles with an allowlist of exactly these constructors, each mapped to a small numpy-only
 re-implementation (torch is never imported); any other global (an sklearn model, `os.system`, ...) raises
-`CheckpointError` naming it before anything is called. `save_jittor_pkl` writes plain numpy arrays plus the trailer, with
-numpy's array constructor named `numpy.core.multiarray._reconstruct` so both numpy 1.x and 2.x readers load it.
+`CheckpointError` naming it before anything is called. `save_jittor_pkl` writes plain numpy arrays plus the trailer,
+with numpy's array constructor named `numpy.core.multiarray._reconstruct` so both numpy 1.x and 2.x readers load it.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import os
 import pickle
 import struct
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -196,7 +196,7 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *unused: 
     flat = storage.data
     if any(s == 0 for s in size):
         return np.zeros(size, dtype=flat.dtype)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
     if last >= flat.size:
         raise _Refused(f"torch tensor reaches element {last} of a storage with {flat.size}")
     item = flat.itemsize
@@ -264,7 +264,8 @@ def loads_weights(payload: bytes, path: str | os.PathLike[str] = "<bytes>") -> d
         ) from None
     except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             MemoryError, RecursionError, struct.error, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not a readable pickle (truncated or corrupt?): {type(e).__name__}: {e}") from None
+        reason = f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"{path}: not a readable pickle (truncated or corrupt?): {reason}") from None
     return _as_state(obj, path)
 
 
@@ -297,7 +298,8 @@ def read_jittor_pkl(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         {parameter name: array} with each array's saved dtype (fp32 for JCLIP, fp16 for ATPrompt's converter).
 
     Raises:
-        CheckpointError: missing file, bad/truncated trailer, a refused global, or a payload that is not a dict of arrays.
+        CheckpointError: missing file, bad/truncated trailer, a refused global, or a payload that is not a dict of
+            arrays.
     """
     p = Path(path)
     try:

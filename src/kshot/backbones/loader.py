@@ -24,8 +24,8 @@ import inspect
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -33,8 +33,8 @@ from kshot.errors import CheckpointError, ConfigError
 from kshot.registry import Registry
 
 from .base import Backbone
-from .open_clip_source import load_file, load_hf_hub, load_open_clip
 from .common import LoadOptions
+from .open_clip_source import load_file, load_hf_hub, load_open_clip
 from .timm_source import load_timm
 
 logger = logging.getLogger(__name__)

@@ -59,8 +59,8 @@ def _model_config(arch: str) -> dict[str, Any]:
 
 def offline_hint(arch: str) -> str:
     return (
-        f"Supply the weights as a local file instead: 'open_clip:{arch}@/path/to/file' ({SUPPORTED}), or pass the "
-        f"file itself as the backbone (its architecture is read from the weights; add --arch {arch} to name it). "
+        f"Supply the weights as a local file instead: 'open_clip:{arch}@/path/to/file' ({SUPPORTED}), or point "
+        f"--backbone at the file itself (its architecture is read from the weights; add --arch {arch} to name it). "
         "On an offline machine set HF_HUB_OFFLINE=1 so downloads fail at once instead of retrying."
     )
 
@@ -141,7 +141,10 @@ def _create_named(arch: str, opts: LoadOptions, pretrained: str | None, force_qu
 
 def _named_cfg(arch: str, opts: LoadOptions, tag_quick_gelu: bool = False) -> tuple[dict[str, Any], bool]:
     cfg = _model_config(arch)
-    quick_gelu = opts.quick_gelu if opts.quick_gelu is not None else bool(cfg.get("quick_gelu", False) or tag_quick_gelu)
+    if opts.quick_gelu is not None:
+        quick_gelu = opts.quick_gelu
+    else:
+        quick_gelu = bool(cfg.get("quick_gelu", False) or tag_quick_gelu)
     cfg["quick_gelu"] = quick_gelu
     return cfg, quick_gelu
 
@@ -188,14 +191,16 @@ def load_hf_hub(spec: str, hub_id: str, opts: LoadOptions) -> Backbone:
         tok = oc.get_tokenizer(name, cache_dir=opts.cache_dir)
     except Exception as e:
         raise CheckpointError(
-            f"could not load {name} from the Hugging Face hub (offline, or not in the cache): {_reason(e)}. Download the "
-            "repository elsewhere and pass its weights file with open_clip:<ARCH>@/path/to/open_clip_model.safetensors"
+            f"could not load {name} from the Hugging Face hub (offline, or not in the cache): {_reason(e)}. Download "
+            "the repository elsewhere and pass its weights file with "
+            "open_clip:<ARCH>@/path/to/open_clip_model.safetensors"
         ) from None
     return _finish(spec, name, model, tok, None, opts, _identity(name, None), {"pretrained": name})
 
 
 def _derived_buffers(model: nn.Module) -> set[str]:
-    """Names of non-persistent buffers (e.g. open_clip's `attn_mask`): TorchScript saves them, the model rebuilds them."""
+    """Names of non-persistent buffers (e.g. open_clip's `attn_mask`): TorchScript saves them; the model rebuilds
+    them."""
     return {
         f"{prefix}.{name}" if prefix else name
         for prefix, module in model.named_modules()

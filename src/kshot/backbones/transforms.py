@@ -50,8 +50,7 @@ class ImagePreprocess:
         if not isinstance(image, Image.Image):
             raise TypeError(f"preprocess expects a PIL image, got {type(image).__name__}")
         if self._tf is None:
-            from torchvision.transforms import InterpolationMode
-            from torchvision.transforms import functional
+            from torchvision.transforms import InterpolationMode, functional
 
             self._tf, self._interp = functional, InterpolationMode(self.cfg.interpolation)
         TF = self._tf

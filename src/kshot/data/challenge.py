@@ -105,9 +105,21 @@ def pick_classes_file(root: Path, split: str, classes_file: Path | str | None = 
     raise DataError(f"{root}: no {' or '.join(CLASS_FILES)}; pass classes_file=")
 
 
+def inferred_domains(raw: Sequence[str]) -> list[str]:
+    """Domain prefixes a class file uses consistently: every line reads `<Prefix>_<name>` with a capitalised,
+    underscore-free prefix, and there are at most a quarter as many prefixes as classes. This recognises domains
+    without training folders (the B round's extra classes) beyond the challenge's known ones."""
+    prefixes = [r.split("_", 1)[0] if "_" in r else "" for r in raw]
+    if not raw or not all(p[:1].isupper() for p in prefixes):
+        return []
+    distinct = list(dict.fromkeys(prefixes))
+    return distinct if len(distinct) <= max(1, len(raw) // 4) else []
+
+
 def challenge_classes(raw: Sequence[str], extra_domains: Sequence[str] = ()) -> tuple[list[str], list[str | None]]:
-    """Clean names and domains of raw class names; `extra_domains` (e.g. TrainSet folders) extend the known ones."""
-    domains = list(dict.fromkeys([*CHALLENGE_DOMAINS, *extra_domains]))
+    """Clean names and domains of raw class names; `extra_domains` (e.g. TrainSet folders) and prefixes the file uses
+    consistently (`inferred_domains`) extend the known ones."""
+    domains = list(dict.fromkeys([*CHALLENGE_DOMAINS, *extra_domains, *inferred_domains(raw)]))
     names, doms = [], []
     for r in raw:
         d, _ = split_domain(r, domains)

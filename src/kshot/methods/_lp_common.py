@@ -44,14 +44,6 @@ def cpu_generator(seed: int) -> torch.Generator:
     return gen
 
 
-def task_device(*tensors: torch.Tensor | None) -> torch.device:
-    """Device of the first non-empty tensor given (the task's features), CPU if none."""
-    for t in tensors:
-        if t is not None and t.numel() > 0:
-            return t.device
-    return torch.device("cpu")
-
-
 def seen_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Bool mask [C]: classes with at least one labelled row."""
     return torch.bincount(labels.cpu(), minlength=num_classes).gt(0).to(labels.device)

@@ -37,7 +37,7 @@ from kshot.errors import CheckpointError, ConfigError, DataError
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
 from kshot.methods.search import cache_kernel, grid_search, linear_grid
-from kshot.methods.tip_adapter import build_cache, one_hot, validate_cache_policy
+from kshot.methods.tip_adapter import build_cache, in_row_chunks, one_hot, validate_cache_policy
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +220,9 @@ class APE(Method):
         self._check_fitted()
         check_features(features, self.text_weights_.shape[1])
         dev = features.device
-        return ape_logits(features.float(), self.text_weights_.to(dev), self.keys_sel_.to(dev),
-                          self.weighted_values(dev), self.channels_, self.alpha_, self.beta_, self.scale_)
+        text, keys, values = self.text_weights_.to(dev), self.keys_sel_.to(dev), self.weighted_values(dev)
+        return in_row_chunks(lambda f: ape_logits(f, text, keys, values, self.channels_, self.alpha_, self.beta_,
+                                                  self.scale_), features.float())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"text_weights": self.text_weights_, "keys_sel": self.keys_sel_, "key_labels": self.key_labels_,

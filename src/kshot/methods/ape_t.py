@@ -33,7 +33,7 @@ from kshot.methods.ape import ape_criterion, resolve_num_channels, search_ape, s
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
 from kshot.methods.search import cache_kernel
-from kshot.methods.tip_adapter import build_cache, one_hot, validate_cache_policy
+from kshot.methods.tip_adapter import build_cache, in_row_chunks, one_hot, validate_cache_policy
 from kshot.methods.tip_adapter_f import TrainSchedule, train_epochs
 
 log = logging.getLogger(__name__)
@@ -147,9 +147,10 @@ class APET(Method):
         self._check_fitted()
         check_features(features, self.text_weights_.shape[1])
         dev = features.device
-        return ape_t_logits(features.float(), self.text_weights_.to(dev), self.keys_.to(dev),
-                            self.key_labels_.to(dev), self.channels_.to(dev), self.residual_.to(dev),
-                            self.value_weights_.to(dev), self.num_classes_, self.alpha_, self.beta_, self.scale_)
+        args = (self.text_weights_.to(dev), self.keys_.to(dev), self.key_labels_.to(dev), self.channels_.to(dev),
+                self.residual_.to(dev), self.value_weights_.to(dev), self.num_classes_, self.alpha_, self.beta_,
+                self.scale_)
+        return in_row_chunks(lambda f: ape_t_logits(f, *args), features.float())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"text_weights": self.text_weights_, "keys": self.keys_, "key_labels": self.key_labels_,

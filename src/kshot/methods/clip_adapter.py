@@ -111,7 +111,7 @@ class ClipAdapter(Method):
         pick = int(torch.argmax(accs)) if use_val else 0
         self.search_history_ = [(rho, float(a)) for rho, a in zip(rhos, accs.tolist())] if use_val else []
         self.rho_, self.best_step_ = float(rhos[pick]), int(steps[pick])
-        self.down_, self.up_ = downs[pick].contiguous(), ups[pick].contiguous()
+        self.down_, self.up_ = downs[pick].clone(), ups[pick].clone()
         self.loss_history_ = losses[:, pick].tolist()
         self.val_acc_ = float(accs[pick]) if use_val else None
         log.info("clip_adapter: rho=%.2f, kept step %d (val acc %s)", self.rho_, self.best_step_, self.val_acc_)

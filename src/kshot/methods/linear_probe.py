@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from kshot.errors import ConfigError
-from kshot.methods._lp_common import accuracy, task_device, training_rows
+from kshot.methods._lp_common import accuracy, training_rows
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
 

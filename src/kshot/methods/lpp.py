@@ -90,7 +90,8 @@ def lpp_init(x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, num_classes: 
     return weight, alpha_init_scale * class_mean.mean()
 
 
-def lpp_step_sizes(x: torch.Tensor, text: torch.Tensor, lr_factor: float, alpha_lr_factor: float) -> tuple[float, float]:
+def lpp_step_sizes(x: torch.Tensor, text: torch.Tensor, lr_factor: float,
+                   alpha_lr_factor: float) -> tuple[float, float]:
     """η_V = lr_factor · N / λ_max(FᵀF) and η_α = alpha_lr_factor · N / max_k Σ_i (f_iᵀt_k)² (float64 maths)."""
     xd = x.double()
     lam_max = float(torch.linalg.matrix_norm(xd, ord=2)) ** 2  # λ_max(FᵀF) = σ_max(F)²

@@ -24,6 +24,7 @@ Classes without shots simply have no cache entry: their logit is the zero-shot o
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -100,6 +101,17 @@ def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(labels.long(), num_classes).float()
 
 
+LOGIT_ROWS = 8192  # images per chunk in `logits`: bounds the [rows, M] affinity matrix
+
+
+def in_row_chunks(fn: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor,
+                  rows: int = LOGIT_ROWS) -> torch.Tensor:
+    """fn(features [N, D]) -> [N, C], applied `rows` images at a time (the cache affinity is [N, M])."""
+    if features.shape[0] <= rows:
+        return fn(features)
+    return torch.cat([fn(features[i:i + rows]) for i in range(0, features.shape[0], rows)])
+
+
 def tip_logits(features: torch.Tensor, text_weights: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                alpha: float, beta: float, scale: float) -> torch.Tensor:
     """s · f Wᵀ + α · exp(−β(1 − f Kᵀ)) · V for features [N, D], W [C, D], K [M, D], V [M, C] -> [N, C]."""
@@ -150,8 +162,9 @@ class TipAdapter(Method):
         dev = features.device
         keys = self.keys_.to(dev)
         values = one_hot(self.key_labels_.to(dev), self.num_classes_)
-        return tip_logits(features.float(), self.text_weights_.to(dev), keys, values, self.alpha_, self.beta_,
-                          self.scale_)
+        text = self.text_weights_.to(dev)
+        return in_row_chunks(lambda f: tip_logits(f, text, keys, values, self.alpha_, self.beta_, self.scale_),
+                             features.float())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"text_weights": self.text_weights_, "keys": self.keys_, "key_labels": self.key_labels_}

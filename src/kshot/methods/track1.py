@@ -61,7 +61,7 @@ from kshot.methods.ape_t import pad_residual
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
 from kshot.methods.search import cache_kernel
-from kshot.methods.tip_adapter import build_cache, one_hot, validate_cache_policy
+from kshot.methods.tip_adapter import build_cache, in_row_chunks, one_hot, validate_cache_policy
 from kshot.methods.tip_adapter_f import TrainSchedule, train_epochs
 
 log = logging.getLogger(__name__)
@@ -218,9 +218,9 @@ class Track1(Method):
         dev = features.device
         values = one_hot(self.key_labels_.to(dev), self.num_classes_) * torch.exp(
             self.gamma_ * self.kl_.to(dev))[:, None]
-        return track1_logits(features.float(), self.text_weights_.to(dev), self.keys_sel_.to(dev),
-                             self.key_labels_.to(dev), self.channels_.to(dev), self.residual_.to(dev), values,
-                             self.alpha_, self.beta_, self.scale_)
+        args = (self.text_weights_.to(dev), self.keys_sel_.to(dev), self.key_labels_.to(dev), self.channels_.to(dev),
+                self.residual_.to(dev), values, self.alpha_, self.beta_, self.scale_)
+        return in_row_chunks(lambda f: track1_logits(f, *args), features.float())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"text_weights": self.text_weights_, "keys_sel": self.keys_sel_, "key_labels": self.key_labels_,

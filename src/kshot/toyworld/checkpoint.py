@@ -120,6 +120,6 @@ def load_toy_clip(path: str | Path | None = None, device: str | torch.device = "
         tokenizer=tok,
         embed_dim=int(cfg["model"]["embed_dim"]),
         fingerprint=fingerprint,
-        logit_scale=float(model.logit_scale.exp()),
+        logit_scale=float(model.logit_scale.detach().exp()),
         extra={"world": cfg.get("world"), "metrics": cfg.get("metrics"), "recipe": cfg.get("recipe")},
     )

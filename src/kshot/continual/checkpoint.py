@@ -1,0 +1,90 @@
+"""One checkpoint per run: `checkpoint.safetensors` (shared weights, masks, heads) + `checkpoint.json` (config,
+schedule position, accuracy matrix, learner state). No pickle.
+
+Both files are written atomically (temporary file + rename), tensors first; each carries the same random token,
+so a JSON paired with the tensors of another save is detected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kshot.errors import CheckpointError
+
+FORMAT = "kshot.continual.checkpoint/1"
+TENSORS, META = "checkpoint.safetensors", "checkpoint.json"
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write tensors and JSON `meta` into `directory`; returns the JSON path."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(8)
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic_write(directory / TENSORS, lambda p: save_file(flat, str(p), metadata={"format": FORMAT, "token": token}))
+    payload = {"format": FORMAT, "token": token, **meta}
+    _atomic_write(directory / META, lambda p: p.write_text(json.dumps(payload, indent=1), encoding="utf-8"))
+    return directory / META
+
+
+def checkpoint_dir(path: str | Path) -> Path:
+    """The checkpoint directory for a path that is the directory, its JSON or its tensors file."""
+    p = Path(path)
+    return p.parent if p.name in (TENSORS, META) else p
+
+
+def has_checkpoint(directory: Path) -> bool:
+    return (directory / META).is_file() and (directory / TENSORS).is_file()
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The JSON half of a checkpoint (no tensors read)."""
+    d = checkpoint_dir(path)
+    f = d / META
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {d} ({META} missing)") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{f}: unreadable checkpoint metadata: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{f}: not a kshot continual checkpoint (format {meta.get('format')!r})")
+    return meta
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor],
+                                                                                   dict[str, Any]]:
+    """(tensors, meta) of the checkpoint at `path` (directory or either file)."""
+    from safetensors import safe_open
+
+    d = checkpoint_dir(path)
+    meta = read_meta(d)
+    f = d / TENSORS
+    try:
+        with safe_open(str(f), framework="pt", device=str(device)) as st:
+            token = (st.metadata() or {}).get("token")
+            tensors = {k: st.get_tensor(k) for k in st.keys()}
+    except FileNotFoundError:
+        raise CheckpointError(f"{f}: missing (the checkpoint has metadata but no tensors)") from None
+    except Exception as e:  # safetensors raises its own error types for truncated or damaged files
+        raise CheckpointError(f"{f}: cannot read (truncated or damaged?): {e}") from None
+    if token != meta.get("token"):
+        raise CheckpointError(f"{d}: {TENSORS} and {META} come from different saves (token mismatch)")
+    return tensors, meta
