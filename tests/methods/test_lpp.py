@@ -119,9 +119,10 @@ def test_classes_without_shots_are_text_only(mode):
     assert torch.allclose(out[:, 2], ref, atol=1e-4)
 
 
-def test_mean_prototype_lets_empty_classes_be_predicted():
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_empty_classes_are_predicted_from_text(mode):
     task, test = make_task(c=6, k=4, d=16, empty=(2, 5), text_noise=0.5, with_val=False)
-    m = create("lpp", iters=50).fit(task)
+    m = create("lpp", iters=50, empty_class_visual=mode).fit(task)
     empty_items = (test.labels == 2) | (test.labels == 5)
     pred = m.logits(test.features).argmax(1)
     assert (pred[empty_items] == test.labels[empty_items]).float().mean() > 0.3

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kshot.errors import ConfigError, DataError
-from kshot.methods.search import correct_alpha_interval, grid_search, linear_grid
+from kshot.methods.search import class_blocks, correct_alpha_interval, grid_search, linear_grid
 from tests.methods.conftest_cachemethods import single_thread  # noqa: F401  (autouse fixture)
 
 
@@ -45,10 +45,14 @@ def test_linear_grid_matches_official_formula():
     assert gammas[0] == 0 and abs(float(gammas[-1]) - 0.95) < 1e-6
 
 
+@pytest.mark.parametrize("dense", [False, True])
 @pytest.mark.parametrize("strategy", ["interval", "argmax"])
 @pytest.mark.parametrize("with_gamma", [False, True])
-def test_grid_search_matches_literal_loop(with_gamma, strategy):
+def test_grid_search_matches_literal_loop(with_gamma, strategy, dense):
     clip, affinity, values, labels, scores = _problem()
+    if dense:  # soft values: several non-zeros per row, the dense contraction path
+        values = 0.7 * values + 0.3 * torch.rand(values.shape, generator=torch.Generator().manual_seed(1))
+        assert class_blocks(values) is None
     betas, alphas = linear_grid(7.0, 7), linear_grid(5.0, 5)
     gammas = linear_grid(1.0, 3, start=0.0) if with_gamma else None
     res = grid_search(clip, affinity, values, labels, betas, alphas, gammas, scores if with_gamma else None,
@@ -89,6 +93,16 @@ def test_interval_and_argmax_strategies_agree_on_larger_problems():
                 scores)
         fast, literal = grid_search(*args), grid_search(*args, strategy="argmax")
         assert torch.equal(fast.correct, literal.correct)
+
+
+def test_class_blocks_group_entries_by_class():
+    labels = torch.tensor([2, 0, 2, 2, 0])
+    values = torch.nn.functional.one_hot(labels, 4).float() * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])[:, None]
+    index, weight = class_blocks(values)
+    assert index.tolist() == [[1, 4, 5], [5, 5, 5], [0, 2, 3], [5, 5, 5]]  # 5 = padding
+    assert weight.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    lopsided = torch.nn.functional.one_hot(torch.tensor([0] * 50 + [1, 2, 3]), 40).float()
+    assert class_blocks(lopsided) is None  # padding 40 x 50 would dwarf the 53 entries
 
 
 def test_interval_handles_exact_ties_like_argmax():

@@ -53,7 +53,8 @@ def _tiny_vgg(cfg: NetworkConfig, norm: bool) -> nn.Module:
     from timm.models.vgg import VGG, ConvMlp
 
     drop = cfg.drop_rate or 0.0
-    model = VGG([8, "M", 16, "M", 32, "M"], num_classes=0, norm_layer=nn.BatchNorm2d if norm else None, drop_rate=drop)
+    model = VGG([8, "M", 16, "M", 32, "M"], num_classes=0, norm_layer=nn.BatchNorm2d if norm else None, drop_rate=drop,
+                mlp_ratio=1 / 512)  # a small throw-away fc6 (VGG fixes fc7 at 4096 wide), replaced below
     model.pre_logits = ConvMlp(32, 32, kernel_size=1, mlp_ratio=1.0, drop_rate=drop)  # fc6/fc7 at 32 wide
     model.head = ClassifierHead(32, 0, pool_type="avg", drop_rate=drop)
     model.num_features = model.head_hidden_size = 32

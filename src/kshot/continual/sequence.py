@@ -307,7 +307,8 @@ def _write_results(directory: Path, state: RunState, runlog: RunLog) -> None:
 
 def run(cfg: ContinualConfig, out_dir: str | Path, *, methods: list[str] | tuple[str, ...] | None = None,
         resume: bool = True, force: bool = False, hooks: Hooks | None = None) -> dict[str, RunState]:
-    """Run every method of `cfg.methods` (or `methods`) into `out_dir/<method>/`."""
+    """Run every method of `cfg.methods` (or `methods`) into `out_dir/<method>/` (see `run_method`); the report
+    is a separate step (`report.write_report(out_dir)`)."""
     return {m: run_method(cfg, out_dir, m, resume=resume, force=force, hooks=hooks)
             for m in (methods or cfg.methods)}
 

@@ -13,5 +13,8 @@ from kshot.methods import tip_adapter_f  # noqa: F401
 from kshot.methods import ape  # noqa: F401
 from kshot.methods import ape_t  # noqa: F401
 from kshot.methods import track1  # noqa: F401
+from kshot.methods import coop  # noqa: F401
+from kshot.methods import cocoop  # noqa: F401
+from kshot.methods import atprompt  # noqa: F401
 
 __all__ = ["METHODS", "Method", "Task", "create", "load"]

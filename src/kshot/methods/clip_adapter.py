@@ -8,10 +8,14 @@ together as a batch of independent models on the same mini-batches), otherwise `
 
 Schedule (kshot's choice; the original trains through the image encoder with CoOp's trainer, i.e. SGD, batch 32,
 random-crop augmentation, up to 200 epochs): on cached features the adapter is a small head, so we take 300 steps of
-AdamW (lr 1e-3, weight decay 1e-2, cosine decay to 0), batch 32, sampling for each row a random view among the clean
-feature and its cached augmented views (the stand-in for CoOp's random crops). AdamW is insensitive to the logit
-scale (×100 multiplies SGD's effective step), and 300 steps is about 100 epochs of a 16-shot 10-class task. With a
-validation split the best step (checked every `eval_every` steps) is kept; without one, the last.
+AdamW (lr 1e-3 as Tip-Adapter-F's cached-feature head, weight decay 1e-2, cosine decay to 0), batch 32, sampling for
+each row a random view among the clean feature and its cached augmented views (the stand-in for CoOp's random
+crops). AdamW is insensitive to the logit scale (×100 multiplies SGD's effective step); 300 steps are about 60 epochs
+of a 16-shot, 10-class task. With a validation split the best step (checked every `eval_every` steps) is kept;
+without one, the last. These values were not tuned on real CLIP features.
+
+Difference from the original: the adapter reads kshot's L2-normalised features (the original adapts the raw
+encoder output and normalises f* afterwards, as we also do).
 
 Classes without shots keep their text row and are scored like any other class (the adapter is shared).
 """

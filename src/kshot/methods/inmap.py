@@ -16,8 +16,9 @@ kshot additions:
   Sinkhorn and sharpening); with `use_shots=False` they are ignored. Without `task.unlabeled` the shots alone are used
   (proxy learning on the labelled set, logged as a warning); with neither, fitting is an error.
 - `label_source="proxy"` reproduces seed 004's variant (jittor-few-shot-clip-B, test.py `Inmap`): a first proxy fit on
-  the plain softmax labels, then Sinkhorn on the logits of those proxies and a second fit. Seed 004 also used
-  τ_i = 1, 20 proxy iterations, 100 Sinkhorn iterations and α = 1 (no sharpening); these are config values.
+  the plain softmax labels, then Sinkhorn on the logits of those proxies and a second fit from the text proxies.
+  Seed 004 also used τ_i = 1, 20 proxy iterations, 100 Sinkhorn iterations and α = 1 (no sharpening); these are
+  config values. Its first scores multiply by the text classifier softmaxed over the class axis, a quirk not copied.
 - Sinkhorn runs in float64 so that softmax(·/0.01) does not underflow to an all-zero class column.
 The validation split is not used (InMaP has no tuned parameter in its code).
 """

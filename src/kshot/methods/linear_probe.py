@@ -5,7 +5,8 @@ Protocol of CoOp's `lpclip` (KaiyangZhou/CoOp: lpclip/linear_probe.py): fit scik
 few-shot validation split, then 8 rounds of bisection in log10 C between C/10 and 10·C; the model of the last round
 is kept.
 
-Objective (scikit-learn >= 1.2, `_logistic.py`: `l2_reg_strength = 1 / (C · N)` on the mean loss)::
+Objective (scikit-learn `_logistic.py`, checked in 1.9: `l2_reg_strength = 1 / (C · N)` on the mean loss; older
+versions minimise C·N times it, same minimiser)::
 
     mean_i CE(W f_i + b, y_i) + 1 / (2 · C · N) · ||W||²        (bias not penalised)
 

@@ -15,6 +15,9 @@ For a fixed (β, γ) the logits are linear in α, so image n is classified corre
 (Z_y − Z_c) + α (K_y − K_c) > 0. The default `strategy="interval"` computes these bounds once per (β, γ), in
 O(N·C), and counts the α values inside them in O(N·A), instead of an arg-max over C for every α (O(N·C·A));
 `strategy="argmax"` does the literal arg-max (same counts up to floating-point ties at an interval end).
+When every cache row has a single non-zero value (one-hot labels, possibly re-weighted: all kshot cache methods),
+the cache logits are contracted per class block ([N, C, k] against [C, k]) instead of against the dense [M, C]
+values, C times fewer operations (`class_blocks`).
 """
 
 from __future__ import annotations
@@ -97,26 +100,36 @@ def grid_search(clip_logits: torch.Tensor, affinity: torch.Tensor, values: torch
         raise ConfigError(f"grid_search: strategy must be 'interval' or 'argmax', got {strategy!r}")
     dev = clip_logits.device
     betas, alphas = betas.to(dev, torch.float32), alphas.to(dev, torch.float32)
-    if gammas is None:
-        weighted = values.float()[None]  # [1, M, C]
-        gammas_t = torch.zeros(1, device=dev)
-    else:
-        gammas_t = gammas.to(dev, torch.float32)
-        weighted = values.float()[None] * torch.exp(gammas_t[:, None, None] * scores.to(dev).float()[None, :, None])
+    gammas_t = torch.zeros(1, device=dev) if gammas is None else gammas.to(dev, torch.float32)
+    # per-entry weights for every γ: [G, M] (exp(0) = 1 without a γ grid)
+    entry_w = torch.ones(1, values.shape[0], device=dev) if scores is None else torch.exp(
+        gammas_t[:, None] * scores.to(dev).float()[None])
     ng, na = len(gammas_t), len(alphas)
     labels = labels.to(dev)
-    clip_logits, affinity = clip_logits.float(), affinity.float()
+    clip_logits, affinity, values = clip_logits.float(), affinity.float(), values.to(dev).float()
+    blocks = class_blocks(values)
+    if blocks is not None:  # one non-zero per cache row: contract per class block instead of against dense values
+        index, weight = blocks  # [C, k] entry ids (M = padding), [M] value of each entry
+        block_w = torch.nn.functional.pad(entry_w * weight[None], (0, 1))[:, index]  # [G, C, k]
+        per_key = n * index.numel()
+    else:
+        weighted = values[None] * entry_w[:, :, None]  # [G, M, C]
+        per_key = n * affinity.shape[1]
 
     per_beta = ng * n * c  # elements of one β's cache logits
     a_chunk = na if strategy == "interval" else max(1, min(na, max_elements // max(1, per_beta)))
     b_chunk = max(1, max_elements // max(1, 6 * per_beta, per_beta * a_chunk if strategy == "argmax" else 0,
-                                         n * affinity.shape[1], ng * n * na))
+                                         per_key, ng * n * na))
     correct = torch.empty(len(betas), na, ng, dtype=torch.int64, device=dev)
     with torch.no_grad():
         for b0 in range(0, len(betas), b_chunk):
             bs = betas[b0:b0 + b_chunk]
             kern = cache_kernel(affinity[None], bs[:, None, None])  # [b, N, M]
-            cache = torch.einsum("bnm,gmc->bgnc", kern, weighted)  # [b, G, N, C]
+            if blocks is not None:
+                kern = torch.nn.functional.pad(kern, (0, 1))[:, :, index]  # [b, N, C, k]
+                cache = torch.einsum("bnck,gck->bgnc", kern, block_w)  # [b, G, N, C]
+            else:
+                cache = torch.einsum("bnm,gmc->bgnc", kern, weighted)
             if strategy == "interval":
                 lower, upper = correct_alpha_interval(clip_logits, cache, labels)  # [b, G, N]
                 inside = (lower[:, :, None] < alphas[:, None]) & (alphas[:, None] < upper[:, :, None])  # [b,G,A,N]
@@ -136,6 +149,31 @@ def grid_search(clip_logits: torch.Tensor, affinity: torch.Tensor, values: torch
     log.info("grid search: beta=%.3f alpha=%.3f gamma=%.3f val acc=%.4f over %d cells", result.beta, result.alpha,
              result.gamma, result.accuracy, correct.numel())
     return result
+
+
+def class_blocks(values: torch.Tensor, max_padding: float = 2.0) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Group cache entries by class when every row of values [M, C] has at most one non-zero.
+
+    Returns:
+        index [C, k]: the entries of class c in row c (k = the largest class size), padded with M; weight [M]: the
+        non-zero of each row. None when a row has several non-zeros or padding would exceed `max_padding`·M + C.
+    """
+    nonzero = values != 0
+    if (nonzero.sum(dim=1) > 1).any():
+        return None
+    m, c = values.shape
+    col = nonzero.float().argmax(dim=1)  # all-zero rows: column 0 with weight 0
+    weight = values.gather(1, col[:, None]).squeeze(1)
+    counts = torch.bincount(col, minlength=c)
+    k = int(counts.max()) if m else 0
+    if k == 0 or c * k > max_padding * m + c:
+        return None
+    order = torch.argsort(col, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(m, device=values.device) - starts[col[order]]
+    index = torch.full((c, k), m, dtype=torch.long, device=values.device)
+    index[col[order], slot] = order
+    return index, weight
 
 
 def correct_alpha_interval(clip_logits: torch.Tensor, cache_logits: torch.Tensor,

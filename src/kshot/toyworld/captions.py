@@ -12,6 +12,7 @@ import re
 import numpy as np
 
 from kshot.toyworld.render import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES
+from kshot.toyworld.tokenizer import split_words
 
 TEMPLATES: tuple[str, ...] = (
     "a photo of a {colour} {shape}.",
@@ -33,8 +34,6 @@ TEMPLATES: tuple[str, ...] = (
 
 def caption_words() -> list[str]:
     """Every word and punctuation token the captions and attribute values can produce (the word vocabulary)."""
-    from kshot.toyworld.tokenizer import split_words  # local import: tokenizer imports nothing from here
-
     words: set[str] = set()
     for t in TEMPLATES:
         words.update(split_words(re.sub(r"\{[a-z]+\}", " ", t)))

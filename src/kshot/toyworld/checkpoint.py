@@ -102,7 +102,9 @@ def load_toy_model(path: str | Path | None = None) -> tuple[torch.nn.Module, Toy
     return model.eval(), tok, pre_cfg, cfg
 
 
-def load_toy_clip(path: str | Path | None = None, device: str | torch.device = "cpu", spec: str = "toy:clip") -> Backbone:
+def load_toy_clip(
+    path: str | Path | None = None, device: str | torch.device = "cpu", spec: str = "toy:clip"
+) -> Backbone:
     """The tiny CLIP as a kshot `Backbone` (default: the shipped checkpoint in kshot/toyworld/assets).
 
     The tokenizer maps list[str] -> int64 [N, 32]; preprocess maps a PIL image -> float [3, 32, 32] (RGB, squash

@@ -92,7 +92,8 @@ def pretrain(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = PretrainConfig(steps=steps, batch_size=batch_size, seed=seed, threads=threads,
-                         checkpoint_every=checkpoint_every, checkpoint_dir=str(out / "resume") if checkpoint_every else None)
+                         checkpoint_every=checkpoint_every,
+                         checkpoint_dir=str(out / "resume") if checkpoint_every else None)
     res = run(cfg)
     pre = toy_preprocess_cfg(res.config.model.image_size)
     meta = {"world": res.world_spec.to_dict(), "recipe": res.config.to_dict(), "wall_s": round(res.wall_s, 1),

@@ -20,7 +20,9 @@ PROMPT = "a photo of a {}."
 
 
 @torch.no_grad()
-def encode_images(model: torch.nn.Module, images: np.ndarray, pre: PreprocessCfg, batch_size: int = 1024) -> torch.Tensor:
+def encode_images(
+    model: torch.nn.Module, images: np.ndarray, pre: PreprocessCfg, batch_size: int = 1024
+) -> torch.Tensor:
     """uint8 images [N, S, S, 3] -> L2-normalised image features [N, D] (fp32, CPU)."""
     out = [F.normalize(model.encode_image(images_to_tensor(images[i : i + batch_size], pre)).float(), dim=-1)
            for i in range(0, len(images), batch_size)]
@@ -40,7 +42,13 @@ def zero_shot_accuracy(img: torch.Tensor, labels: np.ndarray, txt: torch.Tensor)
 
 
 def linear_probe_accuracy(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, shots: int, seed: int, c: float = 10.0
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    shots: int,
+    seed: int,
+    c: float = 10.0,
 ) -> float:
     """Accuracy of a logistic regression fitted on `shots` images per class drawn (with `seed`) from the pool."""
     from sklearn.linear_model import LogisticRegression

@@ -3,8 +3,13 @@
 | layout | files |
 |---|---|
 | `imagefolder` | `out/<part>/<class>/<i>.png` for part in train, val, test (class = name with '_' for spaces) |
-| `coop` | `out/split_zhou_Toy.json` (train/val/test lists of `[relpath, label, classname]`) + `out/images/<class>/...` |
-| `challenge` | `out/train.txt` (`TrainSet/<Domain>/<Class>/<n>.png <label>`, the whole pool), `out/classes.txt` (`<Domain>_<name> <id>`, classes with training images), `out/classes_b.txt` (all classes: the B round adds those without), flat `out/TestSetA/image_<n>.png` (test images of every class, shuffled) and the hidden labels `out/test_labels.txt` (`TestSetA/<file> <label>`) |
+| `coop` | `out/split_zhou_Toy.json` (train/val/test lists of `[relpath, label, classname]`), `out/images/<class>/` |
+| `challenge` | see below |
+
+The challenge layout: `out/train.txt` (`TrainSet/<Domain>/<Class>/<n>.png <label>`, the whole pool, val included),
+`out/classes.txt` (`<Domain>_<name> <id>`, the classes with training images), `out/classes_b.txt` (all classes: the
+B round adds those without), a flat `out/TestSetA/image_<n>.png` (test images of every class, shuffled) and the
+hidden labels `out/test_labels.txt` (`TestSetA/<file> <label>`, ids of classes_b.txt).
 
 Challenge ids are world order: classes with training images first, then those without (as the B round's cars).
 """

@@ -6,7 +6,7 @@ Four domains (class ids in this order):
 |---|---|---|---|---|
 | `Shapes` | 48 colour x shape combos | "red star" (attribute phrases) | yes | yes |
 | `Novel` | 8 held-out combos, (shape - colour) % 8 == 0 | "red circle" | never rendered or captioned | yes |
-| `Creatures` | 16 opaque classes, one combo each on a checkered background | made-up words ("zorvik") | in distribution, never named | yes |
+| `Creatures` | 16 opaque: a combo on a checkered background | made-up words ("zorvik") | seen, never named | yes |
 | `Unseen` | 8 held-out combos, (shape - colour) % 8 == 4 | "red cross" | never rendered or captioned | none (B round) |
 
 The 16 held-out combos hold out every colour and every shape twice (the prototype's choice). `Shapes`, `Novel` and
@@ -151,7 +151,8 @@ def _build_classes(n_creatures: int) -> tuple[ToyClass, ...]:
     for colour in range(len(COLOURS)):
         for shape in range(len(SHAPES)):
             if not is_held_out(shape, colour):
-                out.append(ToyClass(f"{COLOURS[colour]} {SHAPES[shape]}", "Shapes", shape, colour, _PLAIN_TEXTURES, False))
+                name = f"{COLOURS[colour]} {SHAPES[shape]}"
+                out.append(ToyClass(name, "Shapes", shape, colour, _PLAIN_TEXTURES, False))
     for colour in range(len(COLOURS)):
         shape = colour  # (shape - colour) % 8 == 0
         out.append(ToyClass(f"{COLOURS[colour]} {SHAPES[shape]}", "Novel", shape, colour, _PLAIN_TEXTURES, True))
@@ -201,7 +202,9 @@ class World:
 
     def _check_ids(self, class_ids: np.ndarray) -> None:
         if class_ids.size and (class_ids.min() < 0 or class_ids.max() >= len(self.classes)):
-            raise ConfigError(f"toy-world class ids must be in [0, {len(self.classes)}), got {class_ids.min()}..{class_ids.max()}")
+            raise ConfigError(
+                f"toy-world class ids must be in [0, {len(self.classes)}), got {class_ids.min()}..{class_ids.max()}"
+            )
 
     def sample_attributes(self, class_ids: np.ndarray | list[int], rng: np.random.Generator) -> Attributes:
         """Attributes of one image per class id: size, allowed background and position drawn uniformly."""

@@ -75,7 +75,9 @@ def build_toy_clip(cfg: ToyClipCfg) -> torch.nn.Module:
 
 def toy_preprocess_cfg(image_size: int = 32) -> PreprocessCfg:
     """Preprocessing of the tiny CLIP as data: squash-resize to the model size, toy-world mean/std."""
-    return PreprocessCfg(image_size=image_size, mean=TOY_MEAN, std=TOY_STD, interpolation="bicubic", resize_mode="squash")
+    return PreprocessCfg(
+        image_size=image_size, mean=TOY_MEAN, std=TOY_STD, interpolation="bicubic", resize_mode="squash"
+    )
 
 
 def images_to_tensor(images: np.ndarray, cfg: PreprocessCfg | None = None) -> torch.Tensor:
@@ -118,4 +120,6 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
     x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
     x = model.ln_final(x)
     x = text_global_pool(x, text, model.text_pool_type)
-    return x @ model.text_projection if not isinstance(model.text_projection, torch.nn.Linear) else model.text_projection(x)
+    if isinstance(model.text_projection, torch.nn.Linear):
+        return model.text_projection(x)
+    return x @ model.text_projection

@@ -81,7 +81,9 @@ def _inside(shape: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     raise ConfigError(f"unknown shape index {shape}")
 
 
-def _background(kind: np.ndarray, gx: np.ndarray, gy: np.ndarray, rng: np.random.Generator, cfg: RenderCfg) -> np.ndarray:
+def _background(
+    kind: np.ndarray, gx: np.ndarray, gy: np.ndarray, rng: np.random.Generator, cfg: RenderCfg
+) -> np.ndarray:
     """Grey backgrounds [N, H, W] (float, uint8 units) of the given texture indices on pixel grids gx, gy in [0, 1)."""
     n = kind.shape[0]
     level = rng.uniform(*cfg.bg_level, size=(n, 1, 1)).astype(np.float32)

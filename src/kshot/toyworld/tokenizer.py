@@ -22,7 +22,7 @@ _SPLIT = re.compile(r"[^\W_]+|[^\w\s]")
 
 
 def split_words(text: str) -> list[str]:
-    """Lower-case `text`, treat '_' as a space, split into runs of letters or digits and single punctuation characters."""
+    """Lower-case `text`, treat '_' as a space, split into runs of letters/digits and single punctuation marks."""
     return _SPLIT.findall(text.lower().replace("_", " "))
 
 

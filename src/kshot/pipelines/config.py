@@ -1,0 +1,500 @@
+"""Challenge pipelines as configuration: frozen dataclasses read from YAML or TOML, with `--set` overrides.
+
+A pipeline names its backbones, default prompts and an ordered mapping of stages; `output` names the stage whose
+ranking becomes `result.txt`. Stage kinds (key `type`):
+
+| type | what it does | fields |
+|---|---|---|
+| `method` | a registered method (`kshot.methods`) on one backbone's cached features, over a class group | `MethodStageConfig` |
+| `ensemble` | weighted sum of member stages' logits over a class group (seed 004: 0.6 ViT + 0.4 RN101) | `EnsembleStageConfig` |
+| `cascade` | a first ranking, then each step re-ranks the rows whose current top-1 falls in a group | `CascadeStageConfig` |
+| `specialist` | an image model fine-tuned on the shots of one group (seed 004: ConvNeXt-V2-B on Thu-dog) | `SpecialistConfig` |
+
+A stage may only refer to stages defined before it (so there are no cycles). Class groups are strings parsed by
+`kshot.pipelines.groups` ("all", "seen", "unseen", "domain:Thu-dog", "ids:244-373"). Unknown keys are a
+`ConfigError` naming the key, the stage and the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+from kshot.errors import ConfigError
+from kshot.pipelines.groups import parse_group
+from kshot.text.templates import DEFAULT_TEMPLATE
+
+log = logging.getLogger(__name__)
+
+#: Folder of the shipped pipeline configs (repository checkout / editable install).
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "pipelines"
+SHOT_PICKS = ("seeded", "first")
+NORMALIZERS = ("none", "softmax", "log_softmax")
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """How a stage's text classifier is prompted.
+
+    Attributes:
+        templates: templates for every class (`{}` = class name). Default CLIP's "a photo of a {}.".
+        domains: domain -> templates, overriding `templates` for classes of that domain.
+        challenge_domains: start `domains` from `kshot.text.CHALLENGE_DOMAIN_TEMPLATES` (seed 002's per-domain
+            sentences); explicit `domains` entries win.
+        file: a prompt JSON file or a folder of `<Domain>_prompt.json` files (`kshot.text.load_prompt_file`),
+            relative to the config file; its per-domain and per-class prompts override the fields above.
+    """
+
+    templates: tuple[str, ...] = (DEFAULT_TEMPLATE,)
+    domains: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    challenge_domains: bool = False
+    file: str | None = None
+
+    def key(self) -> str:
+        """A stable identity (used to share text classifiers between stages)."""
+        doms = sorted((k, tuple(v)) for k, v in self.domains.items())
+        return repr((tuple(self.templates), doms, self.challenge_domains, self.file))
+
+
+@dataclass(frozen=True)
+class MethodStageConfig:
+    """A registered method on one backbone.
+
+    Attributes:
+        method: registry name (`kshot methods`).
+        backbone: alias from the pipeline's `backbones`.
+        classes: class group the method scores (e.g. "seen" for a probe that needs shots, "all" for InMaP).
+        params: config overrides of the method (its config dataclass names the fields).
+        prompts: text prompts; None = the pipeline's `prompts`.
+        augment: augmentation policy of the shots' cached views ("none", "tip", "seed002").
+        views: number of augmented views (0 with "none").
+        seed: fit seed; None = the pipeline seed.
+        crossval: choose the method's validation-tuned hyper-parameters by cross-validation within the shots
+            (`kshot.pipelines.crossval`); False = the method's documented defaults.
+    """
+
+    method: str
+    backbone: str
+    classes: str = "all"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    prompts: PromptConfig | None = None
+    augment: str = "none"
+    views: int = 0
+    seed: int | None = None
+    crossval: bool = True
+
+
+@dataclass(frozen=True)
+class EnsembleMember:
+    """One member of an ensemble: a stage name and its weight."""
+
+    stage: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class EnsembleStageConfig:
+    """Weighted sum of member logits: Σ w_i · g(logits_i) over `classes` (every member must score them).
+
+    Attributes:
+        members: the stages and weights (seed 004: LP++ ViT-B/32 0.6, RN101 0.4).
+        classes: class group; None = the first member's classes.
+        normalize: g: "none" (raw logits, as seed 004), "softmax" or "log_softmax" per member.
+    """
+
+    members: tuple[EnsembleMember, ...]
+    classes: str | None = None
+    normalize: str = "none"
+
+
+@dataclass(frozen=True)
+class Route:
+    """A cascade step: rows whose current top-1 is in `when` are re-ranked by `stage`."""
+
+    when: str
+    stage: str
+
+
+@dataclass(frozen=True)
+class CascadeStageConfig:
+    """A router: `first` ranks every class; each step re-ranks the rows its `when` group catches.
+
+    Re-ranked rows list the step stage's classes first (in its order), then the other classes in the previous order,
+    so every row keeps a full ranking and top-5 always has 5 distinct ids.
+    """
+
+    first: str
+    steps: tuple[Route, ...] = ()
+
+
+@dataclass(frozen=True)
+class SpecialistConfig:
+    """An image model fine-tuned on the shots of one class group, scoring only that group.
+
+    Defaults follow seed 004's `train_dog.py` (Daheilou/jittor-few-shot-clip-B) where it has a value: AdamW lr 1e-3
+    on the new head only, cosine period 15 epochs down to 1e-5, 31 epochs, batch 32. kshot additions: the number of
+    epochs kept is chosen by cross-validation within the shots (`cv_folds`), and the augmentation is
+    RandomResizedCrop + flip at the model's input size (seed 004: resize 320, random crop 280, flip).
+
+    Attributes:
+        model: backbone alias of the pipeline or a backbone spec ("timm:convnextv2_base.fcmae_ft_in1k", a CLIP
+            spec whose image tower is used).
+        classes: the group it specialises in (e.g. "domain:Thu-dog").
+        train: "head" (seed 004: encoder frozen) or "all" (encoder fine-tuned at `encoder_lr`).
+        head: "linear" (seed 004) or "cosine" (scale · cos, temperature `head_scale`).
+        head_init: "random" (seed 004's new nn.Linear), "prototype" (class means of the shots' features, weight
+            imprinting, Qi et al. CVPR'18) or "text" (CLIP text classifier; needs a CLIP model).
+        head_scale: cosine-head temperature; None = the model's logit scale for CLIP, else 30 (kshot's choice).
+        epochs: training epochs (seed 004: 31).
+        lr: head learning rate (seed 004: 1e-3). encoder_lr: with train="all" (kshot's choice 1e-5).
+        eta_min, t_max: cosine schedule floor and period in epochs (seed 004: 1e-5 and 15; None = `epochs`).
+        weight_decay: AdamW weight decay (PyTorch's default 0.01; seed 004 passed none).
+        batch_size: images per step (seed 004: 32).
+        crop_scale: RandomResizedCrop area range; flip: random horizontal flip.
+        cv_folds: folds of the shots used to pick the epoch count (0 or 1 = keep the last epoch, as seed 004).
+        seed: training seed; None = the pipeline seed.
+    """
+
+    model: str
+    classes: str
+    train: str = "head"
+    head: str = "linear"
+    head_init: str = "random"
+    head_scale: float | None = None
+    epochs: int = 31
+    lr: float = 1e-3
+    encoder_lr: float = 1e-5
+    eta_min: float = 1e-5
+    t_max: int | None = 15
+    weight_decay: float = 0.01
+    batch_size: int = 32
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    flip: bool = True
+    cv_folds: int = 2
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [(self.train in ("head", "all"), "train must be 'head' or 'all'"),
+                  (self.head in ("linear", "cosine"), "head must be 'linear' or 'cosine'"),
+                  (self.head_init in ("random", "prototype", "text"), "head_init must be random|prototype|text"),
+                  (self.epochs >= 0, "epochs must be >= 0"), (self.batch_size >= 1, "batch_size must be >= 1"),
+                  (len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+                   "crop_scale must be two numbers in (0, 1], low <= high"),
+                  (self.cv_folds >= 0, "cv_folds must be >= 0"), (self.t_max is None or self.t_max >= 1,
+                                                                  "t_max must be >= 1")]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"specialist: {msg}")
+
+
+StageConfig = Union[MethodStageConfig, EnsembleStageConfig, CascadeStageConfig, SpecialistConfig]
+STAGE_TYPES: dict[str, type] = {"method": MethodStageConfig, "ensemble": EnsembleStageConfig,
+                                "cascade": CascadeStageConfig, "specialist": SpecialistConfig}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A whole challenge system.
+
+    Attributes:
+        name: short name (shown in reports).
+        stages: ordered stage name -> stage config.
+        output: the stage whose ranking is submitted.
+        backbones: alias -> backbone spec (`kshot.backbones.load_backbone`).
+        description: one line for `kshot challenge configs`.
+        shots: images per class (the challenge rule: 4).
+        seed: shot sampling and fitting seed.
+        shot_pick: "seeded" (per-class seeded draw, `kshot.data.fewshot.sample_k_shot`) or "first" (the first K of
+            each label in train.txt order, as the official baseline_ft.py).
+        allow_fewer: let a class with fewer pool images than `shots` use what it has instead of failing.
+        cv_folds: folds within the shots for hyper-parameter choice (4 = leave one shot per class out).
+        estimate_per_class: unused pool images per class used only to *estimate* accuracy before submitting.
+        prompts: default prompts of the stages that need text.
+        degenerate_top5_share: refuse to submit when this share of test images has the same top-5 (the symptom
+            of JCLIP issue #2, a non-converged solver); needs --force to override.
+        degenerate_top1_share: likewise when one class is top-1 for this share of the images (with >= 10 classes).
+        source: the file the config was read from (relative paths resolve against its folder).
+    """
+
+    name: str
+    stages: Mapping[str, StageConfig]
+    output: str
+    backbones: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+    shots: int = 4
+    seed: int = 1
+    shot_pick: str = "seeded"
+    allow_fewer: bool = False
+    cv_folds: int = 4
+    estimate_per_class: int = 10
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    degenerate_top5_share: float = 0.9
+    degenerate_top1_share: float = 0.5
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def base_dir(self) -> Path:
+        return Path(self.source).parent if self.source else Path.cwd()
+
+    def resolve_path(self, p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else self.base_dir() / path
+
+
+def validate(cfg: PipelineConfig) -> None:
+    """Cross-field checks: references, group syntax, value ranges. Raises ConfigError naming the field."""
+    where = f"pipeline {cfg.name!r}" + (f" ({cfg.source})" if cfg.source else "")
+    if cfg.shots < 1:
+        raise ConfigError(f"{where}: shots must be >= 1, got {cfg.shots}")
+    if cfg.shot_pick not in SHOT_PICKS:
+        raise ConfigError(f"{where}: shot_pick must be one of {SHOT_PICKS}, got {cfg.shot_pick!r}")
+    if cfg.cv_folds < 0 or cfg.estimate_per_class < 0:
+        raise ConfigError(f"{where}: cv_folds and estimate_per_class must be >= 0")
+    if not cfg.stages:
+        raise ConfigError(f"{where}: no stages")
+    defined: list[str] = []
+    for name, st in cfg.stages.items():
+        here = f"{where}, stage {name!r}"
+        refs: list[str] = []
+        if isinstance(st, MethodStageConfig):
+            if st.backbone not in cfg.backbones:
+                raise ConfigError(f"{here}: unknown backbone alias {st.backbone!r}; defined: {list(cfg.backbones)}")
+            parse_group(st.classes, here)
+            if (st.augment == "none") != (st.views == 0):
+                raise ConfigError(f"{here}: augment 'none' takes views: 0, any other policy views >= 1")
+        elif isinstance(st, EnsembleStageConfig):
+            if not st.members:
+                raise ConfigError(f"{here}: an ensemble needs members")
+            if st.normalize not in NORMALIZERS:
+                raise ConfigError(f"{here}: normalize must be one of {NORMALIZERS}, got {st.normalize!r}")
+            if st.classes is not None:
+                parse_group(st.classes, here)
+            refs = [m.stage for m in st.members]
+        elif isinstance(st, CascadeStageConfig):
+            refs = [st.first] + [r.stage for r in st.steps]
+            for r in st.steps:
+                parse_group(r.when, here)
+        elif isinstance(st, SpecialistConfig):
+            parse_group(st.classes, here)
+        for r in refs:
+            if r not in defined:
+                hint = "it is defined later; stages may only use earlier ones" if r in cfg.stages else "no such stage"
+                raise ConfigError(f"{here}: refers to stage {r!r}: {hint}")
+        defined.append(name)
+    if cfg.output not in cfg.stages:
+        raise ConfigError(f"{where}: output {cfg.output!r} is not a stage; stages: {list(cfg.stages)}")
+
+
+# ---------------------------------------------------------------------------------------------------- parsing
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and missing required ones."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
+    missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing required key(s) {missing} for {cls.__name__}")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _convert(cls, key, value, f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _convert(cls: type, key: str, value: Any, where: str) -> Any:
+    """Field-specific conversion of parsed YAML/TOML values into the dataclass field types."""
+    if key == "prompts" and value is not None:
+        return parse_prompts(value, where)
+    if key == "members":
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of {{stage, weight}}")
+        return tuple(_from_dict(EnsembleMember, m if isinstance(m, Mapping) else {"stage": m}, f"{where}[{i}]")
+                     for i, m in enumerate(value))
+    if key == "steps":
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of {{when, stage}}")
+        return tuple(_from_dict(Route, r, f"{where}[{i}]") for i, r in enumerate(value))
+    if key == "params":
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of method config overrides")
+        return dict(value)
+    if key in ("templates", "crop_scale") and isinstance(value, list):
+        return tuple(value)
+    if key == "domains" and isinstance(value, Mapping):
+        return {k: tuple([v] if isinstance(v, str) else v) for k, v in value.items()}
+    expected = {f.name: f.type for f in dataclasses.fields(cls)}.get(key, "")
+    if "int" in str(expected) and "float" not in str(expected) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if "float" in str(expected) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def parse_prompts(value: Any, where: str) -> PromptConfig:
+    """A prompts entry: a template string, a list of templates, or a PromptConfig mapping."""
+    if isinstance(value, str):
+        value = {"templates": [value]}
+    elif isinstance(value, list):
+        value = {"templates": value}
+    return _from_dict(PromptConfig, value, where)
+
+
+def parse_stage(name: str, data: Any, where: str) -> StageConfig:
+    if not isinstance(data, Mapping) or "type" not in data:
+        raise ConfigError(f"{where}: stage {name!r} needs a 'type' ({', '.join(STAGE_TYPES)})")
+    kind = data["type"]
+    if kind not in STAGE_TYPES:
+        raise ConfigError(f"{where}: stage {name!r} has unknown type {kind!r}; choose one of {', '.join(STAGE_TYPES)}")
+    body = {k: v for k, v in data.items() if k != "type"}
+    return _from_dict(STAGE_TYPES[kind], body, f"{where}: stage {name!r}")
+
+
+def config_from_dict(data: Mapping[str, Any], source: str | None = None) -> PipelineConfig:
+    """Build a PipelineConfig from a parsed mapping (YAML/TOML document)."""
+    where = source or "pipeline config"
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: the top level must be a mapping")
+    body = dict(data)
+    stages_raw = body.pop("stages", None)
+    if not isinstance(stages_raw, Mapping) or not stages_raw:
+        raise ConfigError(f"{where}: 'stages' must be a non-empty mapping of name -> stage")
+    stages = {str(n): parse_stage(str(n), s, where) for n, s in stages_raw.items()}
+    backbones = body.pop("backbones", {}) or {}
+    if not isinstance(backbones, Mapping) or not all(isinstance(v, str) for v in backbones.values()):
+        raise ConfigError(f"{where}: 'backbones' must map aliases to spec strings")
+    fields = {f.name for f in dataclasses.fields(PipelineConfig)} - {"stages", "backbones", "source"}
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level key(s) {unknown}; known: {sorted(fields | {'stages', 'backbones'})}")
+    if "name" not in body:
+        body["name"] = Path(source).stem if source else "pipeline"
+    kwargs = {k: _convert(PipelineConfig, k, v, f"{where}: {k}") for k, v in body.items()}
+    try:
+        return PipelineConfig(stages=stages, backbones=dict(backbones), source=source, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """Parse a .yaml/.yml or .toml file into a dict."""
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"pipeline config not found: {path}") from None
+    if suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    elif suffix == ".toml":
+        import tomllib
+
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML ({e})") from None
+    else:
+        raise ConfigError(f"{path}: pipeline configs are .yaml, .yml or .toml files")
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return doc
+
+
+def apply_overrides(doc: dict[str, Any], overrides: list[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (values parsed as YAML scalars/lists) to a copy of a document.
+
+    Example: `stages.dog.classes=domain:Creatures`, `backbones.vit=toy:clip`, `shots=2`.
+    """
+    import yaml
+
+    out = copy.deepcopy(doc)
+    pairs = overrides.items() if isinstance(overrides, Mapping) else [_split_pair(p) for p in overrides]
+    for key, value in pairs:
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
+        parts = key.split(".")
+        node: Any = out
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {'.'.join(parts[:i])} is not a mapping")
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {'.'.join(parts[:-1])} is not a mapping")
+        node[parts[-1]] = value
+    return out
+
+
+def _split_pair(pair: str) -> tuple[str, str]:
+    if "=" not in pair:
+        raise ConfigError(f"override {pair!r} must look like key.path=value")
+    k, v = pair.split("=", 1)
+    if not k.strip():
+        raise ConfigError(f"override {pair!r} has an empty key")
+    return k.strip(), v
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """A config file: an existing path, or the name of a shipped config (`configs/pipelines/<name>.yaml`)."""
+    p = Path(name_or_path).expanduser()
+    if p.is_file():
+        return p
+    for suffix in (".yaml", ".yml", ".toml"):
+        cand = CONFIG_DIR / f"{name_or_path}{suffix}"
+        if cand.is_file():
+            return cand
+    known = ", ".join(sorted(c.stem for c in shipped_configs())) or "(none found)"
+    raise ConfigError(f"pipeline config {str(name_or_path)!r} is neither a file nor a shipped config; shipped: {known}")
+
+
+def shipped_configs() -> list[Path]:
+    """The shipped pipeline configs, sorted by name."""
+    if not CONFIG_DIR.is_dir():
+        return []
+    return sorted(p for p in CONFIG_DIR.iterdir() if p.suffix in (".yaml", ".yml", ".toml"))
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | Mapping[str, Any] | None = None) -> PipelineConfig:
+    """Read a pipeline config (file path or shipped name) and apply overrides."""
+    path = find_config(name_or_path)
+    doc = read_document(path)
+    if overrides:
+        doc = apply_overrides(doc, overrides)
+    return config_from_dict(doc, source=str(path))
+
+
+def config_to_dict(cfg: PipelineConfig) -> dict[str, Any]:
+    """A plain, YAML-able dict of a config (stages carry their `type` again)."""
+    kinds = {v: k for k, v in STAGE_TYPES.items()}
+
+    def plain(x: Any) -> Any:
+        if dataclasses.is_dataclass(x):
+            return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        if isinstance(x, Mapping):
+            return {str(k): plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    out = {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in ("stages", "source")}
+    out["stages"] = {n: {"type": kinds[type(s)], **plain(s)} for n, s in cfg.stages.items()}
+    return out
