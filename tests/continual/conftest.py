@@ -19,7 +19,7 @@ def digits_config(arch: str = "tiny_vgg", *, methods: tuple[str, ...] = ("packne
     """Three digit tasks at 8 px; 2 + 1 epochs; seed001-like pruning (initial 50 %, every task) with weight decay
     and momentum, so the masking of gradients, decay and momentum is exercised."""
     sched = ScheduleConfig(preset="custom", initial_prune=0.5, initial_retrain=PhaseConfig(0, 1e-3),
-                           train=PhaseConfig(2, 0.03, 0), prune=0.5, retrain=PhaseConfig(1, 0.01, 0), prune_last=True,
+                           train=PhaseConfig(2, 0.1, 0), prune=0.5, retrain=PhaseConfig(1, 0.03, 0), prune_last=True,
                            momentum=0.9, weight_decay=5e-3, batch_size=32)
     sched = replace(sched, **schedule)  # type: ignore[arg-type]
     tasks = tuple(TaskSpec(name=f"d{i}", source="digits", classes=c, image_size=8, train_augment="none", limit=limit)

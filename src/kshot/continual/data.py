@@ -15,6 +15,7 @@ bilinearly upscaled) and `toyworld` (kshot's procedural world). Layouts of the r
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,12 +173,20 @@ def _normalise(images: torch.Tensor, spec: TaskSpec) -> torch.Tensor:
     return ((images - mean) / std).contiguous()
 
 
-def _digits(spec: TaskSpec, with_train: bool) -> TaskData:
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: images float32 [1797, 8, 8] in [0, 1], targets int [1797] (read once per process)."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    images = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)  # [1797, 1, 8, 8] in [0, 1]
-    target = np.asarray(d.target)
+    images = d.images.astype(np.float32) / 16.0
+    images.setflags(write=False)
+    return images, np.asarray(d.target)
+
+
+def _digits(spec: TaskSpec, with_train: bool) -> TaskData:
+    arr, target = _digits_arrays()
+    images = torch.from_numpy(arr.copy()).unsqueeze(1)  # [1797, 1, 8, 8] in [0, 1]
     train_idx, test_idx = [], []
     for label, digit in enumerate(spec.classes):
         idx = np.flatnonzero(target == digit)
