@@ -3,6 +3,8 @@ open_clip CLIP with OpenAI's BPE tokenizer, both wrapped as kshot `Backbone`s, p
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,7 @@ def _wrap(model: torch.nn.Module, tokenizer, spec: str, embed_dim: int) -> Backb
     return Backbone(spec, spec, model.eval(), lambda img: img, cfg, tokenizer, embed_dim, fp, logit_scale=20.0)
 
 
+@lru_cache(maxsize=4)
 def make_toy_backbone(seed: int = 0) -> Backbone:
     from kshot.toyworld.captions import caption_words
     from kshot.toyworld.model import ToyClipCfg, build_toy_clip
@@ -34,6 +37,7 @@ def make_toy_backbone(seed: int = 0) -> Backbone:
     return _wrap(model, tok, f"test:toy{seed}", cfg.embed_dim)
 
 
+@lru_cache(maxsize=2)
 def make_bpe_backbone(seed: int = 0) -> Backbone:
     import open_clip
 
@@ -47,6 +51,7 @@ def make_bpe_backbone(seed: int = 0) -> Backbone:
 
 @pytest.fixture(scope="session")
 def toy_bb() -> Backbone:
+    """Shared (cached) instance: tests must not change its weights."""
     return make_toy_backbone()
 
 

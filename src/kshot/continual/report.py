@@ -128,7 +128,8 @@ def plot_curves(log_jsonl: Path, path: Path, title: str) -> Path | None:
             ax.axvline(x0 + 0.5, color="grey", lw=0.5)
     ax_l.set(xlabel="epoch (whole sequence)", ylabel="training loss", title=f"{title}: loss")
     ax_a.set(xlabel="epoch (whole sequence)", ylabel="accuracy %", title=f"{title}: test (dots) / train (faint)")
-    ax_a.legend(fontsize=7)
+    if ax_a.get_legend_handles_labels()[0]:
+        ax_a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -124,8 +124,9 @@ class APET(Method):
         value_weights = torch.nn.Parameter(torch.ones(keys.shape[0], device=dev))
         c, scale = task.num_classes, float(task.logit_scale)
 
-        def forward(x: torch.Tensor, alpha: float = cfg.init_alpha, beta: float = cfg.init_beta) -> torch.Tensor:
-            return ape_t_logits(x, text, keys, key_labels, channels, residual, value_weights, c, alpha, beta, scale)
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return ape_t_logits(x, text, keys, key_labels, channels, residual, value_weights, c, cfg.init_alpha,
+                                cfg.init_beta, scale)
 
         trained = train_epochs([residual, value_weights], forward, task.train, task.val, cfg.schedule(), task.seed)
         self.text_weights_, self.keys_, self.key_labels_, self.channels_ = text, keys, key_labels, channels

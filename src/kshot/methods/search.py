@@ -121,6 +121,7 @@ def grid_search(clip_logits: torch.Tensor, affinity: torch.Tensor, values: torch
     b_chunk = max(1, max_elements // max(1, 6 * per_beta, per_beta * a_chunk if strategy == "argmax" else 0,
                                          per_key, ng * n * na))
     correct = torch.empty(len(betas), na, ng, dtype=torch.int64, device=dev)
+    parts = _interval_parts(clip_logits, labels)
     with torch.no_grad():
         for b0 in range(0, len(betas), b_chunk):
             bs = betas[b0:b0 + b_chunk]
@@ -131,7 +132,7 @@ def grid_search(clip_logits: torch.Tensor, affinity: torch.Tensor, values: torch
             else:
                 cache = torch.einsum("bnm,gmc->bgnc", kern, weighted)
             if strategy == "interval":
-                lower, upper = correct_alpha_interval(clip_logits, cache, labels)  # [b, G, N]
+                lower, upper = _interval_bounds(parts, cache)  # [b, G, N]
                 inside = (lower[:, :, None] < alphas[:, None]) & (alphas[:, None] < upper[:, :, None])  # [b,G,A,N]
                 correct[b0:b0 + len(bs)] = inside.sum(dim=-1).transpose(1, 2)
                 continue
@@ -189,18 +190,30 @@ def correct_alpha_interval(clip_logits: torch.Tensor, cache_logits: torch.Tensor
         lower, upper [..., N]; an image that is never right gets lower = +inf. A class tied with the label for
         every α (same Z and K) wins only if its index is lower, as in `torch.argmax`.
     """
+    return _interval_bounds(_interval_parts(clip_logits, labels), cache_logits)
+
+
+def _interval_parts(clip_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """What `_interval_bounds` needs from Z and y, computed once per search."""
     idx = labels[:, None]
-    d_z = clip_logits.gather(1, idx) - clip_logits  # [N, C]
-    d_k = cache_logits.gather(-1, idx.expand(*cache_logits.shape[:-1], 1)) - cache_logits  # [..., N, C]
-    others = torch.ones_like(d_z, dtype=torch.bool).scatter_(1, idx, False)
-    ratio = -d_z / torch.where(d_k == 0, torch.ones_like(d_k), d_k)  # the α where class c catches up
-    inf = torch.tensor(float("inf"), device=d_z.device)
-    lower = torch.where((d_k > 0) & others, ratio, -inf).amax(dim=-1)
-    upper = torch.where((d_k < 0) & others, ratio, inf).amin(dim=-1)
+    d_z = clip_logits.gather(1, idx) - clip_logits  # [N, C]; 0 for the label itself
     cls = torch.arange(d_z.shape[1], device=d_z.device)
-    flat_ok = (d_z > 0) | ((d_z == 0) & (labels[:, None] < cls))  # needed where d_k == 0
-    never = ((d_k == 0) & others & ~flat_ok).any(dim=-1)
-    return torch.where(never, inf, lower), upper
+    # classes that beat (or out-rank on a tie) the label when their cache logit equals the label's
+    flat_bad = ((d_z < 0) | ((d_z == 0) & (idx > cls))) & (idx != cls)
+    return idx, -d_z, flat_bad
+
+
+def _interval_bounds(parts: tuple[torch.Tensor, ...], cache_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    idx, neg_dz, flat_bad = parts
+    d_k = cache_logits.gather(-1, idx.expand(*cache_logits.shape[:-1], 1)) - cache_logits  # [..., N, C]
+    ratio = neg_dz / d_k  # α at which class c catches up; only used where d_k != 0 (the label has d_k = 0)
+    inf = float("inf")
+    lower = ratio.masked_fill(d_k <= 0, -inf).amax(dim=-1)
+    upper = ratio.masked_fill_(d_k >= 0, inf).amin(dim=-1)
+    flat = d_k == 0
+    if int(flat.sum()) > flat[..., 0].numel():  # some class other than the label has the label's cache logit
+        lower = lower.masked_fill((flat & flat_bad).any(dim=-1), inf)
+    return lower, upper
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

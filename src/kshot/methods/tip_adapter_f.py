@@ -1,4 +1,4 @@
-"""Tip-Adapter-F (Zhang et al., ECCV'22, §3.3): Tip-Adapter with the cache keys fine-tuned by SGD.
+"""Tip-Adapter-F (Zhang et al., ECCV'22, §3.3): Tip-Adapter with fine-tuned cache keys.
 
 The keys F [M, D] become the weight of a bias-free linear layer initialised from the cache (values L stay fixed);
 logits = s · f Wᵀ + α · exp(−β (1 − f Fᵀ)) · L with α, β at their initial values during training. Facts from

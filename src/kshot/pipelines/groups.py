@@ -21,7 +21,7 @@ import numpy as np
 
 from kshot.errors import ConfigError
 
-_TERM = re.compile(r"^(!?)(all|seen|unseen|domain:.+|ids:.+)$", re.IGNORECASE)
+_TERM = re.compile(r"^(!?)(all|seen|unseen|domain:.*|ids:.*)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

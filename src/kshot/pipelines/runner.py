@@ -62,6 +62,7 @@ class RunOptions:
         progress: progress bars while extracting.
         backbones: pre-loaded backbones by alias or spec (used instead of loading; tests and notebooks).
         save_artifacts: save each method stage's fitted artifact under out/artifacts/<stage>/.
+        on_missing: train.txt lines whose image is missing: 'error' (default) or 'skip' (listed in the report).
     """
 
     out: Path
@@ -79,6 +80,7 @@ class RunOptions:
     progress: bool = False
     backbones: Mapping[str, Backbone] = field(default_factory=dict)
     save_artifacts: bool = True
+    on_missing: str = "error"
 
 
 @dataclass
@@ -101,7 +103,7 @@ def load_data(cfg: PipelineConfig, root: Path, opts: RunOptions) -> tuple[Challe
 
     root = Path(root)
     cfile = pick_classes_file(root, opts.split, opts.classes_file)
-    pool = read_challenge(root, "train", classes_file=cfile)
+    pool = read_pool(root, cfile, opts.on_missing)
     test = read_challenge(root, opts.split, classes_file=cfile, image_root=opts.test_dir)
     shots, source = pick_shots(cfg, pool, opts)
     if opts.shots_file is not None and not Path(opts.shots_file).is_file():
@@ -126,6 +128,23 @@ def load_data(cfg: PipelineConfig, root: Path, opts: RunOptions) -> tuple[Challe
              "test_images": len(test), "test_labels": None if labels is None else int((labels >= 0).sum()),
              "skipped_train_items": len(pool.skipped)}
     return data, facts
+
+
+def read_pool(root: Path, classes_file: Path, on_missing: str = "error") -> Dataset:
+    """train.txt as a Dataset; a doubly nested `TrainSet/TrainSet/` (a common unzip accident) is accepted with a
+    warning when the listed files are found there."""
+    from kshot.data.challenge import read_challenge
+    from kshot.data.paths import MissingFilesError
+
+    try:
+        return read_challenge(root, "train", classes_file=classes_file, on_missing=on_missing)
+    except MissingFilesError:
+        nested = root / "TrainSet" / "TrainSet"
+        if not nested.is_dir():
+            raise
+        log.warning("%s: the images are under TrainSet/TrainSet/; reading them from there", root)
+        return read_challenge(root, "train", classes_file=classes_file, image_root=root / "TrainSet",
+                              on_missing=on_missing)
 
 
 def pick_shots(cfg: PipelineConfig, pool: Dataset, opts: RunOptions) -> tuple[np.ndarray, str]:

@@ -93,6 +93,8 @@ class PromptLearner(nn.Module):
     def embeddings(self, bias: torch.Tensor | None = None) -> torch.Tensor:
         """Prompt embeddings [N, L, W] (N = R*C rows), or [B, N, L, W] with a bias [B, W]."""
         bank = self.bank(bias)
+        if bank.shape[-2] == 0:  # nothing learned: the hard prompt
+            return self.tok if bias is None else self.tok[None].expand(bias.shape[0], -1, -1, -1)
         idx = self.slot.clamp(min=0)
         learn = (self.slot >= 0)[..., None]
         if bias is None:
