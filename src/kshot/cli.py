@@ -324,15 +324,23 @@ def demo(
     run_demo(out, seed=seed, all_methods=all_methods, cache=cache)
 
 
-def _mount_optional() -> None:
-    try:
-        from kshot.toyworld.cli import app as toy_app
-    except ImportError:  # pragma: no cover - the toy world is part of the package
-        return
-    app.add_typer(toy_app, name="toyworld", help="Generate, export and pretrain the toy world.")
+SUBCOMMANDS = {
+    "toyworld": ("kshot.toyworld.cli", "Generate, export and pretrain the toy world."),
+    "continual": ("kshot.continual.cli", "PackNet and continual-learning baselines: run, eval, report."),
+    "prompts": ("kshot.prompts.cli", "Prompt-learning artifacts: explain learned context vectors."),
+    "challenge": ("kshot.pipelines.cli", "The Jittor challenge pipelines end to end."),
+}
 
 
-_mount_optional()
+def _mount_subcommands() -> None:
+    import importlib
+
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sub = importlib.import_module(module).app
+        app.add_typer(sub, name=name, help=help_text)
+
+
+_mount_subcommands()
 
 
 def main() -> None:

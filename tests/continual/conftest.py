@@ -59,7 +59,8 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="package")
-def vgg_run(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[ContinualConfig, Path, object, LogitRecorder]:
+def vgg_run(one_thread: None,
+            tmp_path_factory: pytest.TempPathFactory) -> tuple[ContinualConfig, Path, object, LogitRecorder]:
     """PackNet over the digits sequence on tiny_vgg: (config, out dir, state, recorded logits)."""
     out = tmp_path_factory.mktemp("vgg_run")
     cfg = digits_config("tiny_vgg")

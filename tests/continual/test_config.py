@@ -21,7 +21,8 @@ def test_shipped_configs_load_and_round_trip(name: str) -> None:
 
 def test_presets_follow_their_sources() -> None:
     off, seed = load_config(CONFIGS / "csf_vgg16_official.yaml"), load_config(CONFIGS / "csf_vgg16_seed001.yaml")
-    assert (off.schedule.initial_prune, off.schedule.initial_retrain.epochs, off.schedule.prune_last) == (0.5, 10, False)
+    s = off.schedule
+    assert (s.initial_prune, s.initial_retrain.epochs, s.prune_last) == (0.5, 10, False)
     assert (off.schedule.train.epochs, off.schedule.retrain.epochs, off.schedule.batch_size) == (20, 10, 32)
     assert (seed.schedule.initial_prune, seed.schedule.initial_retrain.epochs, seed.schedule.prune_last) == \
         (0.75, 0, True)

@@ -155,3 +155,9 @@ def test_view_hides_weights_of_later_tasks() -> None:
         net.set_view(1)
         feats1 = net.backbone(x)
     assert not torch.equal(feats0, feats1)  # task 1 sees its own weights on top of task 0's
+
+
+def test_checkpoint_tensors_from_another_architecture_are_refused() -> None:
+    src = _packnet("tiny_vgg")
+    with pytest.raises(CheckpointError, match="another architecture"):
+        _packnet("tiny_resnet").load_state(src.state_tensors(), src.state_meta(), "ckpt.safetensors")

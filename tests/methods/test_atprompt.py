@@ -54,7 +54,7 @@ def test_loss_trajectory_matches_literal_atprompt():
     kw = dict(attributes=("shape", "color"), lr=LR, batch_size=64)
     init = create("atprompt", epochs=0, **kw).fit(task)
     m = create("atprompt", epochs=EPOCHS, **kw).fit(task)
-    assert init.vectors_["attr0"].std() < init.vectors_["ctx"].std()  # N(0, .01²) attribute vs N(0, .02²) class tokens
+    assert init.vectors_["attr0"].std() < init.vectors_["ctx"].std()  # N(0, .01²) attributes, N(0, .02²) class
     losses = literal_atprompt(bb, TOY_NAMES, ("shape", "color"), task.train.features, task.train.labels,
                               [init.vectors_["attr0"], init.vectors_["attr1"]], init.vectors_["ctx"], EPOCHS, LR,
                               task.logit_scale)

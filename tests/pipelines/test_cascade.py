@@ -86,7 +86,8 @@ def test_ensemble_is_the_weighted_sum_over_its_classes() -> None:
     stages = {"a": a, "b": b}
     for st in stages.values():
         st.fit(ws, stages)
-    ens = EnsembleStage("e", EnsembleStageConfig((EnsembleMember("a", 0.6), EnsembleMember("b", 0.4)), classes="ids:1-2"))
+    members = (EnsembleMember("a", 0.6), EnsembleMember("b", 0.4))
+    ens = EnsembleStage("e", EnsembleStageConfig(members, classes="ids:1-2"))
     ens.fit(ws, stages)
     expect = 0.6 * a._fixed[:, 1:] + 0.4 * b._fixed
     assert torch.allclose(ens.scores("test"), expect)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kshot.errors import ConfigError
-from kshot.pipelines.config import (CascadeStageConfig, EnsembleStageConfig, MethodStageConfig, SpecialistConfig,
-                                    apply_overrides, config_from_dict, config_to_dict, load_config, shipped_configs)
+from kshot.pipelines.config import CascadeStageConfig, EnsembleStageConfig, MethodStageConfig, SpecialistConfig
+from kshot.pipelines.configfile import apply_overrides, config_from_dict, config_to_dict, load_config, shipped_configs
 
 
 def _doc(**extra):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from kshot.errors import DataError
 from kshot.features.cache import FeatureStore
 from kshot.features.extract import ExtractConfig
-from kshot.pipelines.config import config_from_dict
+from kshot.pipelines.configfile import config_from_dict
 from kshot.pipelines.runner import RunOptions, load_data
 from kshot.pipelines.specialist import SpecialistStage, cosine_lr
 from kshot.pipelines.workspace import Workspace
@@ -53,15 +53,15 @@ def test_prototype_head_without_training_is_the_nearest_class_mean(toy_root, sma
 
 def test_training_is_seeded_and_leaves_the_shared_backbone_untouched(toy_root, small_clip, tmp_path) -> None:
     before = {k: v.clone() for k, v in small_clip.model.state_dict().items()}
-    ws, a = _setup(toy_root, small_clip, tmp_path, train="all", head="cosine", head_init="prototype")
+    kw = {"train": "all", "head": "cosine", "head_init": "prototype", "cv_folds": 0}
+    ws, a = _setup(toy_root, small_clip, tmp_path, **kw)
     a.fit(ws, {})
-    ws2, b = _setup(toy_root, small_clip, tmp_path / "again", train="all", head="cosine", head_init="prototype")
+    ws2, b = _setup(toy_root, small_clip, tmp_path / "again", **kw)
     b.fit(ws2, {})
     assert torch.equal(a.head.weight, b.head.weight)
     assert a.encoder_bb.fingerprint == b.encoder_bb.fingerprint != small_clip.fingerprint
     assert all(torch.equal(v, small_clip.model.state_dict()[k]) for k, v in before.items())
-    rec = a.record
-    assert len(rec["cv_curve"]) == 3 and rec["epochs_kept"] == int(np.argmax(rec["cv_curve"]))
+    assert a.record["epochs_kept"] == 2 and a.record["cv_curve"] is None
     counts = a.param_counts()
     assert counts["finetuned_encoder"] == sum(p.numel() for p in small_clip.model.visual.parameters())
     assert counts["trainable"] == counts["finetuned_encoder"] + counts["fitted"]
@@ -70,7 +70,15 @@ def test_training_is_seeded_and_leaves_the_shared_backbone_untouched(toy_root, s
 def test_random_head_never_keeps_epoch_zero(toy_root, small_clip, tmp_path) -> None:
     ws, stage = _setup(toy_root, small_clip, tmp_path, head_init="random")
     stage.fit(ws, {})
-    assert stage.record["epochs_kept"] >= 1
+    rec = stage.record
+    assert len(rec["cv_curve"]) == 3 and rec["cv_curve"][0] < 0  # 2 epochs + "before training", ruled out
+    assert rec["epochs_kept"] == int(np.argmax(rec["cv_curve"])) >= 1
+
+
+def test_an_encoder_kept_as_loaded_is_shared_and_not_counted_twice(toy_root, small_clip, tmp_path) -> None:
+    ws, stage = _setup(toy_root, small_clip, tmp_path, train="all", head="cosine", head_init="prototype", epochs=0)
+    stage.fit(ws, {})
+    assert stage.encoder_bb is small_clip and stage.param_counts()["finetuned_encoder"] == 0
 
 
 def test_a_group_without_shots_is_refused(toy_root, small_clip, tmp_path) -> None:

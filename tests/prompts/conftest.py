@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kshot.backbones.base import Backbone, PreprocessCfg, hash_state_dict, make_fingerprint
+from kshot.backbones.base import Backbone, hash_state_dict, make_fingerprint
 from kshot.features.featureset import FeatureSet
 from kshot.methods.base import Task
 
@@ -17,9 +17,11 @@ TOY_NAMES = ["red star", "blue circle", "green square", "yellow heart", "white r
 
 
 def _wrap(model: torch.nn.Module, tokenizer, spec: str, embed_dim: int) -> Backbone:
-    cfg = PreprocessCfg(image_size=32)
+    from kshot.toyworld.model import ToyPreprocess, toy_preprocess_cfg
+
+    cfg = toy_preprocess_cfg(32)
     fp = make_fingerprint(spec, hash_state_dict(model.state_dict()), cfg)
-    return Backbone(spec, spec, model.eval(), lambda img: img, cfg, tokenizer, embed_dim, fp, logit_scale=20.0)
+    return Backbone(spec, spec, model.eval(), ToyPreprocess(cfg), cfg, tokenizer, embed_dim, fp, logit_scale=20.0)
 
 
 @lru_cache(maxsize=4)

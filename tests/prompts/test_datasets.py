@@ -60,7 +60,8 @@ def test_fgvc_and_imagenet_layouts(tmp_path):
 
 def test_presets():
     assert preset_overrides("seed000", "caltech101", "coop") == {"n_ctx": 4, "epochs": 25}
-    assert preset_overrides("seed000", "dtd", "atprompt") == {"n_ctx": 2, "epochs": 10, "dataset": "DescribableTextures"}
+    want = {"n_ctx": 2, "epochs": 10, "dataset": "DescribableTextures"}
+    assert preset_overrides("seed000", "dtd", "atprompt") == want
     assert preset_overrides("official", "oxford_pets", "atprompt")["epochs"] == 100
     assert preset_overrides("official", "dtd", "zeroshot") == {}
     with pytest.raises(ConfigError, match="unknown prompt preset"):

@@ -1,6 +1,5 @@
 """Prompt interpretation: nearest vocabulary words of learned vectors; `kshot prompts explain`."""
 
-import torch
 from typer.testing import CliRunner
 
 from kshot.methods import create

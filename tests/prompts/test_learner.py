@@ -17,7 +17,8 @@ def _learner(bb, names, position="end", ctx_init="a photo of a", n_ctx=None, tri
     m = len(ids) if ids else n_ctx
     dot = tuple(content_ids(tok, "."))
     attr_ids = [content_ids(tok, a) for a in attrs]
-    pieces = attribute_pieces(attr_ids, 0, [f"a{i}" for i in range(len(attrs))]) + coop_pieces(m, position, dot, "ctx", ids)
+    pieces = attribute_pieces(attr_ids, 0, [f"a{i}" for i in range(len(attrs))])
+    pieces += coop_pieces(m, position, dot, "ctx", ids)
     groups = [GroupSpec(f"a{i}", 0) for i in range(len(attrs))] + [GroupSpec("ctx", m)]
     layout = build_layout([pieces], names, tok, specials(tok), {g.name: g.size for g in groups},
                           context_length=tower.context_length, trim=trim)

@@ -23,7 +23,7 @@ def test_domains_and_class_counts(world: World) -> None:
     combos = {(c.shape, c.colour) for c in world.classes if c.domain != "Creatures"}
     assert len(combos) == 64
     for c in world.classes:
-        assert c.held_out == is_held_out(c.shape, c.colour)
+        assert c.held_out == any(is_held_out(c.shape, col) for col in c.colours)
         assert c.held_out == (c.domain in ("Novel", "Unseen"))
         assert c.has_train == (c.domain != "Unseen")
     # ids: classes with training images first (the challenge's B-round order)
@@ -38,17 +38,23 @@ def test_held_out_combos_cover_each_colour_and_shape_twice(world: World) -> None
     assert sorted(np.bincount([c.shape for c in held]).tolist()) == [2] * 8
 
 
-def test_creatures_are_opaque_and_distinct(world: World) -> None:
+def test_creatures_are_opaque_fine_grained_and_inside_the_pretraining_distribution(world: World) -> None:
     creatures = [world.classes[i] for i in world.class_ids("Creatures")]
     words = set(" ".join(SHAPES + COLOURS + BACKGROUNDS).split())
     for c in creatures:
         assert c.name in OPAQUE_NAMES and c.name not in words
         assert c.backgrounds == (BACKGROUNDS.index("checkered"),)
-        assert not c.held_out
-    assert len({(c.shape, c.colour) for c in creatures}) == len(creatures)
+        assert len(c.colours) == 6 and not any(is_held_out(c.shape, col) for col in c.colours)
+        assert c.colour is None and len(c.sizes) == 1
+    assert len({(c.shape, c.sizes) for c in creatures}) == len(creatures) == 16  # shape x size defines a creature
     # no other domain uses the checkered background: the domains are visually disjoint
     others = [c for c in world.classes if c.domain != "Creatures"]
     assert all(BACKGROUNDS.index("checkered") not in c.backgrounds for c in others)
+    # images follow the class definition: one size, several colours, never a held-out combo
+    attrs = world.sample_attributes(np.full(200, world.class_ids("Creatures")[3]), np.random.default_rng(0))
+    assert set(attrs.size.tolist()) == set(creatures[3].sizes)
+    assert set(attrs.colour.tolist()) == set(creatures[3].colours)
+    assert set(attrs.background.tolist()) == {BACKGROUNDS.index("checkered")}
 
 
 def test_render_is_deterministic_from_seed(world: World) -> None:

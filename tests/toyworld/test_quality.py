@@ -75,16 +75,16 @@ def test_zero_shot_named_classes_far_above_chance(fx) -> None:
     sx = x[torch.from_numpy(shapes[y])]
     sy = np.searchsorted(np.nonzero(shapes)[0], y[shapes[y]])
     acc48 = (_zs(sx, txt[[c for c, s in zip(combos, shapes) if s]]) == sy).mean()
-    assert acc48 > 0.80  # measured: TBD
+    assert acc48 > 0.90  # measured: 0.997
     # 64-way over all colour x shape combos: images of combos never seen in pretraining (chance 1.6%)
     pred = _zs(x, txt[combos])
     held = np.array([world.classes[c].held_out for c in combos])
     acc_base, acc_new = (pred == y)[~held[y]].mean(), (pred == y)[held[y]].mean()
-    assert acc_base > 0.75  # measured: TBD
-    assert acc_new > 0.20  # measured: TBD
+    assert acc_base > 0.90  # measured: 0.989
+    assert acc_new > 0.30  # measured: 0.575 (prototype: 0.50)
     # the colour of a held-out combo is always right or nearly so (colour is learnt perfectly)
     colour = np.array([world.classes[c].colour for c in combos])
-    assert (colour[pred] == colour[y])[held[y]].mean() > 0.9  # measured: TBD
+    assert (colour[pred] == colour[y])[held[y]].mean() > 0.95  # measured: 0.997
 
 
 def test_opaque_domain_zero_shot_near_chance_and_shots_carry_accuracy(fx) -> None:
@@ -92,13 +92,14 @@ def test_opaque_domain_zero_shot_near_chance_and_shots_carry_accuracy(fx) -> Non
     tx, ty = fx["cre_test"]
     px, py = fx["cre_pool"]
     zs = (_zs(tx, txt[creatures]) == ty).mean()
-    assert zs < 0.30  # chance 6.25%; measured: TBD
-    lr = {k: np.mean([(_logreg(*_few_shot(px.numpy(), py, k, s), tx.numpy()) == ty).mean() for s in (1, 2, 3)])
-          for k in (1, 4, 16)}
-    ncm16 = np.mean([(_ncm(*_few_shot(px.numpy(), py, 16, s), tx.numpy()) == ty).mean() for s in (1, 2, 3)])
-    assert lr[16] >= zs + 0.15  # measured: TBD
-    assert ncm16 >= zs + 0.15  # measured: TBD
-    assert lr[1] < lr[4] < lr[16]  # measured: TBD
+    assert zs < 0.15  # chance 0.0625; measured: 0.041
+    seeds = {1: (1, 2, 3), 4: (1, 2, 3), 16: (1,)}  # 16 shots = the whole pool: one draw
+    lr = {k: np.mean([(_logreg(*_few_shot(px.numpy(), py, k, s), tx.numpy()) == ty).mean() for s in seeds[k]])
+          for k in seeds}
+    ncm16 = (_ncm(px.numpy(), py, tx.numpy()) == ty).mean()
+    assert lr[16] >= zs + 0.15 and lr[16] > 0.80  # measured: 0.934 (1-shot 0.446, 4-shot 0.765)
+    assert ncm16 >= zs + 0.15  # measured: 0.803
+    assert lr[1] + 0.1 < lr[4] and lr[4] + 0.05 < lr[16]  # measured: 0.446 < 0.765 < 0.934
 
 
 def test_shipped_metrics_match_a_fresh_measurement(fx) -> None:
@@ -106,7 +107,7 @@ def test_shipped_metrics_match_a_fresh_measurement(fx) -> None:
     world, combos, txt = fx["world"], fx["combos"], fx["txt"]
     x, y = fx["combo_test"]
     recorded = fx["bb"].extra["metrics"]
-    assert abs((_zs(x, txt[combos]) == y).mean() - recorded["zs_combos64"]) < 0.06
+    assert abs((_zs(x, txt[combos]) == y).mean() - recorded["zs_combos64"]) < 0.06  # measured: 0.885 vs 0.874
 
 
 def test_backbone_preprocess_of_png_files_gives_the_same_features(fx, tmp_path) -> None:

@@ -14,8 +14,8 @@ app = typer.Typer(help="PackNet and continual baselines over a task sequence.", 
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
-    logging.getLogger("kshot.continual").setLevel(logging.INFO)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("kshot.continual").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _fail(e: Exception) -> None:
@@ -104,3 +104,7 @@ def report(out: Path = typer.Argument(..., help="The --out folder of `run`.")) -
         typer.echo(f"report: {write_report(out)}")
     except KshotError as e:
         _fail(e)
+
+
+if __name__ == "__main__":
+    app()

@@ -200,8 +200,9 @@ class ContinualConfig:
         validate(self)
 
 
-RUNTIME_FIELDS = ("device", "num_workers", "eval_batch_size")
-"""Fields that may change between an interrupted run and its resumption without changing its results."""
+RUNTIME_FIELDS = ("name", "methods", "device", "num_workers", "eval_batch_size", "eval_every_epoch")
+"""Fields a resumed run may change freely (left out of `config_hash` and `diff_configs`): they do not change what a
+method learns, except that another device or worker count changes floating-point sums and augmentation draws."""
 
 
 def _check_ratio(value: float | None, where: str, allow_none: bool = False) -> None:

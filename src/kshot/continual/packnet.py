@@ -80,8 +80,9 @@ class PackNet(Learner):
             n: torch.full_like(m.weight, PRETRAINED, dtype=torch.uint8) for n, m in self.layers.items()}
         self.initial_pruned = False
         self._view: int | None = None
-        self._visible: dict[str, torch.Tensor] = {}
-        self._own: dict[str, torch.Tensor] = {}
+        self._visible: dict[str, torch.Tensor | None] = {}  # None: nothing to hide in that layer
+        self._not_own: dict[str, torch.Tensor] = {}  # True where the trained task does not own the weight
+        self._cache: dict[str, tuple[tuple[int, int], torch.Tensor]] = {}
         for name, mod in self.layers.items():
             mod.forward = self._masked_forward(name, mod)  # instance attribute; class and state_dict unchanged
 
@@ -89,26 +90,47 @@ class PackNet(Learner):
 
     def _masked_forward(self, name: str, mod: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         def forward(x: torch.Tensor) -> torch.Tensor:
-            if self._view is None:
-                raise KshotError("PackNet: no task view set (call set_view / forward(x, index))")
-            w = torch.where(self._visible[name], mod.weight, torch.zeros((), dtype=mod.weight.dtype,
-                                                                         device=mod.weight.device))
+            w = self._weight(name, mod.weight)
             if isinstance(mod, nn.Conv2d):
                 return mod._conv_forward(x, w, mod.bias)
             return F.linear(x, w, mod.bias)
 
         return forward
 
+    def _weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """The weight as the current view sees it: hidden entries (free or owned by later tasks) read as zero.
+
+        Free weights are zero by construction, so a view with no later task in a layer needs no masking (the case
+        of every training step). Without gradients the masked weight is cached until the weight changes.
+        """
+        if self._view is None:
+            raise KshotError("PackNet: no task view set (call set_view / forward(x, index))")
+        visible = self._visible[name]
+        if visible is None:
+            return weight
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return torch.where(visible, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+        key = (weight.data_ptr(), weight._version)
+        hit = self._cache.get(name)
+        if hit is None or hit[0] != key:
+            hit = (key, torch.where(visible, weight.detach(), torch.zeros((), dtype=weight.dtype,
+                                                                          device=weight.device)))
+            self._cache[name] = hit
+        return hit[1]
+
     def set_view(self, index: int) -> None:
         """Make the backbone compute task `index`: weights owned by the pretrained network and tasks <= index."""
         oid = owner_id(index)
         if oid != self._view:
-            self._visible = {n: (m >= PRETRAINED) & (m <= oid) for n, m in self.masks.items()}
+            self._visible = {n: ((m >= PRETRAINED) & (m <= oid)) if bool((m > oid).any()) else None
+                             for n, m in self.masks.items()}
+            self._cache = {}
             self._view = oid
 
     def _invalidate(self) -> None:
         self._view = None
-        self._own = {}
+        self._not_own = {}
+        self._cache = {}
 
     def forward(self, x: torch.Tensor, index: int) -> torch.Tensor:
         self.set_view(index)
@@ -197,7 +219,7 @@ class PackNet(Learner):
             out += [{"params": masked, "weight_decay": 0.0}] if masked else []
             out += [{"params": plain, "weight_decay": g["weight_decay"]}] if plain else []
         oid = owner_id(index)
-        self._own = {n: m == oid for n, m in self.masks.items()}
+        self._not_own = {n: m != oid for n, m in self.masks.items()}
         return out
 
     def train_mode(self, index: int) -> None:
@@ -210,11 +232,9 @@ class PackNet(Learner):
             g = mod.weight.grad
             if g is None:
                 continue
-            own = self._own[n]
-            g.masked_fill_(~own, 0.0)
             if weight_decay:
-                g.add_(torch.where(own, mod.weight.detach(), torch.zeros((), dtype=g.dtype, device=g.device)),
-                       alpha=weight_decay)
+                g.add_(mod.weight.detach(), alpha=weight_decay)
+            g.masked_fill_(self._not_own[n], 0.0)  # after the decay: nothing reaches weights of other owners
 
     # ------------------------------------------------------------ accounting
 
@@ -250,7 +270,7 @@ class PackNet(Learner):
         super().load_state({k: v for k, v in tensors.items() if not k.startswith("mask.")}, meta, where)
         self.masks = {n: masks[n].to(self.device, torch.uint8).clone() for n in self.layers}
         self.initial_pruned = bool(meta.get("initial_pruned", False))
-        self._invalidate()
+        self._zero_free(where)
 
     def _check_masks(self, masks: dict[str, torch.Tensor], where: str) -> None:
         for n, mod in self.layers.items():
@@ -294,4 +314,15 @@ class PackNet(Learner):
             log.warning("%s: masks saved from %r, loading into %r (same layer shapes)", path, meta.get("arch"),
                         self.arch)
         self.masks = {n: masks[n].to(self.device).clone() for n in self.layers}
+        self._zero_free(str(path))
+
+    def _zero_free(self, where: str) -> None:
+        """Keep the invariant that free weights are exactly zero (views rely on it)."""
+        with torch.no_grad():
+            for n, m in self.masks.items():
+                w = self.layers[n].weight
+                stray = (m == FREE) & (w != 0)
+                if bool(stray.any()):
+                    log.warning("%s: %d free weights of layer %s were not zero; zeroed", where, int(stray.sum()), n)
+                    w[stray] = 0.0
         self._invalidate()

@@ -203,7 +203,8 @@ def write_report(out_dir: str | Path) -> Path:
     s = cfg["schedule"]
     lines = [f"# Continual run `{cfg['name']}`", "",
              f"Network `{cfg['network']['arch']}` (pretrained: {cfg['network']['pretrained']}), tasks "
-             f"{' → '.join(task_names)}, schedule preset `{s['preset']}`: initial pruning {s['initial_prune']}, per task "
+             f"{' → '.join(task_names)}, schedule preset `{s['preset']}`: initial pruning {s['initial_prune']}, "
+             f"per task "
              f"{s['train']['epochs']} epochs (lr {s['train']['lr']:g}) → prune {s['prune']} → {s['retrain']['epochs']} "
              f"epochs (lr {s['retrain']['lr']:g}), last task pruned: {s['prune_last']}, batch {s['batch_size']}, "
              f"seed {cfg['seed']}.", "",
@@ -218,8 +219,8 @@ def write_report(out_dir: str | Path) -> Path:
         cells = [_fmt(final[j]) if j < len(final) else "–" for j in range(len(task_names))]
         lines.append(f"| {m} | {_fmt(summ['average_accuracy'])} | {_fmt(summ['bwt'])} | {_fmt(summ['forgetting'])} | "
                      + " | ".join(cells) + f" | {st['params_m']:.3f} | {st['mb']:.2f} |")
-    lines += ["", "BWT = mean over earlier tasks j of R[T][j] − R[j][j]; forgetting = mean of the best earlier accuracy "
-              "minus the final one. Storage counts float32 weights plus PackNet's uint8 masks.", "",
+    lines += ["", "BWT = mean over earlier tasks j of R[T][j] − R[j][j]; forgetting = mean of the best earlier "
+              "accuracy minus the final one. Storage counts float32 weights plus PackNet's uint8 masks.", "",
               "![accuracy matrices](heatmap.png)", ""]
     plot_heatmaps(results, out_dir / "heatmap.png")
     for m, res in results.items():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -348,8 +347,3 @@ def evaluate_checkpoint(path: str | Path, task: str, *, test_dir: str | None = N
     acc, logits = evaluate(learner, index, make_loader(data.test, batch_size, False, 0))
     return {"task": task, "accuracy": acc, "images": int(logits.shape[0]), "digest": digest(logits),
             "method": learner.method, "completed": meta["state"]["completed"]}
-
-
-def clear(out_dir: str | Path, method: str) -> None:
-    """Delete a method's run folder (used by `--restart`)."""
-    shutil.rmtree(Path(out_dir) / method, ignore_errors=True)

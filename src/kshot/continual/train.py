@@ -140,14 +140,3 @@ def run_phase(
         records.append(rec)
     learner.freeze()
     return records
-
-
-def images_per_second(records: list[EpochRecord]) -> float:
-    """Training throughput over `records`."""
-    secs = sum(r.seconds for r in records)
-    return sum(r.images for r in records) / secs if secs else math.nan
-
-
-def ensure_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path

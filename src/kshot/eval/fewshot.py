@@ -60,6 +60,7 @@ class FewShotInputs:
         classnames: class names.
         text_weights: [C, D] zero-shot classifier (None for image-only backbones).
         logit_scale: CLIP temperature.
+        encoder: the loaded Backbone, handed only to methods that run an encoder (prompt learning).
     """
 
     name: str
@@ -69,6 +70,7 @@ class FewShotInputs:
     classnames: list[str]
     text_weights: torch.Tensor | None
     logit_scale: float = 100.0
+    encoder: Any = None
 
 
 def config_hash(method: str, overrides: dict[str, Any]) -> str:
@@ -123,7 +125,8 @@ def run_cell(inputs: FewShotInputs, method: str, shots: int, seed: int, override
     val_idx = np.asarray(sample_val(labels, shot_idx, kv, seed), dtype=np.int64)
     task = Task(train=inputs.pool.subset(shot_idx), val=inputs.pool.subset(val_idx) if len(val_idx) else None,
                 classnames=inputs.classnames, text_weights=inputs.text_weights,
-                unlabeled=inputs.test if m.transductive else None, logit_scale=inputs.logit_scale, seed=seed)
+                unlabeled=inputs.test if m.transductive else None, logit_scale=inputs.logit_scale, seed=seed,
+                backbone=inputs.encoder if m.needs_backbone else None)
     t0 = time.perf_counter()
     m.fit(task)
     fit_s = time.perf_counter() - t0
@@ -165,11 +168,12 @@ def run_fewshot(inputs: FewShotInputs, protocol: FewShotProtocol, store: ResultS
     return [r for r in store.records if ResultStore.key(r) in keys]
 
 
-def cached_feature_methods() -> list[str]:
-    """Registered methods that run from cached features alone (no encoder in the loop)."""
+def cached_feature_methods(include_backbone: bool = False) -> list[str]:
+    """Registered methods that run from cached features alone (no encoder in the loop); with `include_backbone`,
+    also those that run the text tower (prompt learning)."""
     import kshot.methods  # noqa: F401
 
-    return [e.name for e in METHODS if not getattr(e.obj, "needs_backbone", False)]
+    return [e.name for e in METHODS if include_backbone or not getattr(e.obj, "needs_backbone", False)]
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,10 +1,10 @@
 """ATPrompt: attribute-anchored textual prompts (Li et al., "Advancing Textual Prompt Learning with Anchored
 Attributes", ICCV 2025; `zhengli97/ATPrompt: trainers/coop_atp.py`, `trainers/cocoop_atp.py`).
 
-The prompt of class c is [SOS][a¹×m][ATTR₁][a²×m][ATTR₂]…[c×n][CLASS_c][.][EOS]: each ATTRᵢ is the frozen word
-embedding of an attribute word ("shape", "color"), each aⁱ block is learned (init N(0, 0.01²)), and the class soft
-tokens c are CoOp's context (init N(0, 0.02²)). With `base='cocoop'` the CoCoOp meta-net bias is added to the class
-soft tokens only (as in `cocoop_atp.py`).
+The prompt of class c is [SOS][a¹×m][ATTR₁][a²×m][ATTR₂]…[c×n][CLASS_c][.][EOS]: each ATTRᵢ is the frozen
+word embedding of an attribute word ("shape", "color"), each aⁱ block is learned (init N(0, 0.01²)), and the class
+soft tokens c are CoOp's context (init N(0, 0.02²)). With `base='cocoop'` the CoCoOp meta-net bias is added to the
+class soft tokens only (as in `cocoop_atp.py`).
 
 Attributes: `attributes` if given; else the differentiable search (`kshot.prompts.search`) over `candidates` on the
 task's train/val shots; else the paper's choice for `dataset` (`kshot.prompts.datasets.BENCHMARKS`); else ImageNet's

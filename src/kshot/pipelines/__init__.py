@@ -2,7 +2,8 @@
 stages over cached features — and `run_challenge`, which goes from a challenge root to a validated result.txt and a
 run report. Start at `runner.run_challenge` or `kshot challenge run`."""
 
-from kshot.pipelines.config import PipelineConfig, config_from_dict, find_config, load_config, shipped_configs
+from kshot.pipelines.config import PipelineConfig
+from kshot.pipelines.configfile import config_from_dict, find_config, load_config, shipped_configs
 from kshot.pipelines.groups import ClassInfo, resolve_group
 from kshot.pipelines.runner import RunOptions, RunResult, degenerate_reason, run_challenge
 

@@ -15,8 +15,9 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def benchmark(root: Path, config: str = "seed004_clip_b", overrides: dict[str, A
               device: str | None = None, batch_size: int = 256, workers: int | None = None,
               out: Path | None = None, cache: Path | None = None) -> dict[str, Any]:
     """Run a pipeline once on `root` (cold feature cache unless `cache` is reused) and return its timing record."""
-    from kshot.pipelines.config import load_config
+    from kshot.pipelines.configfile import load_config
     from kshot.pipelines.runner import RunOptions, run_challenge
 
     cfg = load_config(config, overrides or {})
@@ -86,8 +87,8 @@ def benchmark(root: Path, config: str = "seed004_clip_b", overrides: dict[str, A
 
 def small_overrides() -> dict[str, Any]:
     """Toy-size stand-ins for the three seed-004 models (a CPU run in minutes)."""
-    return {"backbones.vit": "open_clip:RN50@random", "backbones.rn": "open_clip:RN50@random",
-            "backbones.convnext": "timm:resnet18@random"}
+    return {"backbones.vit": "open_clip:ViT-S-32@random", "backbones.rn": "open_clip:ViT-S-32-alt@random",
+            "backbones.convnext": "timm:convnextv2_atto@random"}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -17,7 +17,8 @@ holds 5 distinct ids even when a step stage has fewer than 5 classes. Ties insid
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ def rerank(previous: torch.Tensor, scores: torch.Tensor, classes: np.ndarray) ->
     Returns:
         float64 [n, C] integer-valued ranking scores.
     """
-    n, c = previous.shape
+    c = previous.shape[1]
     k = scores.shape[1]
     out = (c - _ranks(previous)).double()
     out[:, torch.as_tensor(classes)] = (2 * c + k - _ranks(scores)).double()
@@ -85,7 +86,7 @@ class CascadeStage(Stage):
         for group, when, stage in self.steps:
             top1 = current.argmax(dim=1).numpy()
             hit = np.flatnonzero(np.isin(top1, group))
-            routes.append({"stage": stage.name, "when": when, "rows": int(len(hit))})
+            routes.append({"stage": stage.name, "when": when, "rows": len(hit)})
             if len(hit):
                 sub = hit if rows is None else rows[hit]
                 current[torch.as_tensor(hit)] = rerank(current[torch.as_tensor(hit)], stage.scores(split, sub),

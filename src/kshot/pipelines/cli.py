@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -27,26 +26,26 @@ def challenge(
                                help="Pipeline: a shipped name (`kshot challenge configs`) or a YAML/TOML file."),
     out: Path = typer.Option(Path("challenge_out"), "--out", "-o", help="Output folder."),
     split: str = typer.Option("test", help="Test split: testA | testB | test (the only test folder present)."),
-    classes: Optional[str] = typer.Option(None, help="Class file (default classes.txt for testA, classes_b.txt "
+    classes: str | None = typer.Option(None, help="Class file (default classes.txt for testA, classes_b.txt "
                                                      "otherwise)."),
-    test_dir: Optional[Path] = typer.Option(None, help="Test image folder (default root/TestSetA or TestSetB)."),
-    shots_file: Optional[Path] = typer.Option(None, help="Use this shots file (train.txt format) if it exists, "
+    test_dir: Path | None = typer.Option(None, help="Test image folder (default root/TestSetA or TestSetB)."),
+    shots_file: Path | None = typer.Option(None, help="Use this shots file (train.txt format) if it exists, "
                                                          "else write the pick there."),
-    set_: List[str] = typer.Option([], "--set", help="Config override key.path=value, e.g. "
+    set_: list[str] = typer.Option([], "--set", help="Config override key.path=value, e.g. "
                                                      "stages.dog.epochs=10 or backbones.vit=/w/ViT-B-32.pkl."),
     tune_on_pool: bool = typer.Option(False, help="Let methods tune on unused pool images (OUTSIDE the 4-shot "
                                                   "rule; the report says so)."),
     force: bool = typer.Option(False, help="Write result.txt even when the predictions look degenerate."),
-    test_labels: Optional[Path] = typer.Option(None, help="Hidden test labels (`<path> <label>`, e.g. the toy "
+    test_labels: Path | None = typer.Option(None, help="Hidden test labels (`<path> <label>`, e.g. the toy "
                                                           "replica's test_labels.txt) to score the test folder."),
-    cache: Optional[Path] = typer.Option(None, help="Feature cache folder (default $KSHOT_CACHE or ~/.cache/kshot)."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)."),
+    cache: Path | None = typer.Option(None, help="Feature cache folder (default $KSHOT_CACHE or ~/.cache/kshot)."),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)."),
     batch_size: int = typer.Option(256, help="Images per forward pass when extracting features."),
-    workers: Optional[int] = typer.Option(None, help="Image decoding workers (default: automatic)."),
+    workers: int | None = typer.Option(None, help="Image decoding workers (default: automatic)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each stage."),
 ) -> None:
     """Pick 4 shots per class, extract features once per backbone, run the pipeline, write result.txt + report."""
-    from kshot.pipelines.config import load_config
+    from kshot.pipelines.configfile import load_config
     from kshot.pipelines.params import human
     from kshot.pipelines.runner import RunOptions, run_challenge
 
@@ -79,7 +78,7 @@ def challenge(
 @app.command("configs")
 def configs() -> None:
     """List the shipped pipeline configs."""
-    from kshot.pipelines.config import load_config, shipped_configs
+    from kshot.pipelines.configfile import load_config, shipped_configs
 
     table = Table(title="shipped pipelines (configs/pipelines)")
     for col in ("name", "stages", "description"):
@@ -93,12 +92,12 @@ def configs() -> None:
 @app.command("show")
 def show(
     config: str = typer.Argument(..., help="A shipped name or a YAML/TOML file."),
-    set_: List[str] = typer.Option([], "--set", help="Config override key.path=value."),
+    set_: list[str] = typer.Option([], "--set", help="Config override key.path=value."),
 ) -> None:
     """Print a pipeline config as resolved (defaults filled in, overrides applied)."""
     import yaml
 
-    from kshot.pipelines.config import config_to_dict, load_config
+    from kshot.pipelines.configfile import config_to_dict, load_config
 
     cfg = load_config(config, set_)
     typer.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))

@@ -14,8 +14,8 @@ Terms combine with `&` (intersection), e.g. `seen&domain:Thu-dog`; a leading `!`
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -89,7 +89,8 @@ def resolve_group(spec: str, info: ClassInfo, where: str = "group") -> np.ndarra
         else:
             ids = np.asarray(_parse_ids(arg, where), dtype=np.int64)
             if ids.size and ids.max() >= info.num_classes:
-                raise ConfigError(f"{where}: class id {int(ids.max())} in {spec!r} is outside 0..{info.num_classes - 1}")
+                raise ConfigError(f"{where}: class id {int(ids.max())} in {spec!r} is outside "
+                                  f"0..{info.num_classes - 1}")
             term = np.zeros(info.num_classes, dtype=bool)
             term[ids] = True
         mask &= ~term if negated else term

@@ -11,7 +11,8 @@ Two ways, both from seed 004's README (Daheilou/jittor-few-shot-clip-B, "最终�
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 

@@ -13,18 +13,16 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from kshot.eval.metrics import summarize, topk_ids
 from kshot.pipelines.params import human
-
-RULE_TEXT = ("4 training images per class, chosen from the pool; hyper-parameters chosen by cross-validation "
-             "within those shots")
 
 
 def peak_host_mb() -> float:
@@ -101,9 +99,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     r = report
     lines = [f"# kshot challenge: {r['pipeline']}", ""]
     rule = r["rule"]
-    lines += [f"- data: {r['data']['num_classes']} classes ({r['data']['seen_classes']} with shots, "
-              f"{r['data']['unseen_classes']} without), {r['data']['shots']} shots, {r['data']['test_images']} test "
-              f"images, {r['data']['estimate_images']} pool images for the estimate",
+    lines += [(f"- data: {r['data']['num_classes']} classes ({r['data']['seen_classes']} with shots, "
+               f"{r['data']['unseen_classes']} without), {r['data']['shots']} shots, {r['data']['test_images']} test "
+               f"images, {r['data']['estimate_images']} pool images for the estimate"),
               f"- rule: {'respected' if rule['compliant'] else '**NOT respected**'} — {rule['detail']}",
               f"- total time {r['total_s']:.1f} s, peak host memory {r['peak_host_mb']:.0f} MiB"
               + (f", peak GPU memory {r['peak_gpu_mb']:.0f} MiB" if r.get("peak_gpu_mb") is not None else ""),
@@ -146,9 +144,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Declared parameters", "", "| component | loaded | trainable |", "|---|---:|---:|"]
     for c in p["components"]:
         lines.append(f"| {c['component']} | {human(c['loaded'])} | {human(c['trainable'])} |")
-    lines += ["", f"Total: **{human(p['loaded_total'])}** counting each model once (loaded); "
-                  f"**{human(p['by_use_total'])}** counting the text tower once per text classifier encoded "
-                  "(by use, seed 004's second count).", ""]
+    lines += ["", (f"Total: **{human(p['loaded_total'])}** counting each model once (loaded); "
+                   f"**{human(p['by_use_total'])}** counting the text tower once per text classifier encoded "
+                   "(by use, seed 004's second count)."), ""]
     if r.get("skipped_images"):
         lines += ["## Unreadable images", ""] + [f"- {p}: {why}" for p, why in r["skipped_images"][:50]] + [""]
     return "\n".join(lines)
@@ -175,5 +173,5 @@ def _default(x: Any) -> Any:
     return str(x)
 
 
-__all__ = ["RULE_TEXT", "global_top5", "measure", "peak_host_mb", "render_markdown", "stage_metrics",
+__all__ = ["global_top5", "measure", "peak_host_mb", "render_markdown", "stage_metrics",
            "trace_metrics", "write_report"]

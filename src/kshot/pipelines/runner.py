@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,8 +31,14 @@ from kshot.features.augment import AugmentPolicy
 from kshot.features.cache import FeatureStore, default_cache_dir
 from kshot.features.extract import ExtractConfig
 from kshot.pipelines.cascade import CascadeStage
-from kshot.pipelines.config import (CascadeStageConfig, EnsembleStageConfig, MethodStageConfig, PipelineConfig,
-                                    SpecialistConfig, config_to_dict, load_config)
+from kshot.pipelines.config import (
+    CascadeStageConfig,
+    EnsembleStageConfig,
+    MethodStageConfig,
+    PipelineConfig,
+    SpecialistConfig,
+)
+from kshot.pipelines.configfile import config_to_dict, load_config
 from kshot.pipelines.groups import ClassInfo
 from kshot.pipelines.params import parameter_report
 from kshot.pipelines.report import global_top5, measure, peak_host_mb, stage_metrics, trace_metrics, write_report
@@ -123,8 +130,8 @@ def load_data(cfg: PipelineConfig, root: Path, opts: RunOptions) -> tuple[Challe
     data = ChallengeData(pool=pool, test=test, shots=shots, estimate=estimate, info=info, test_labels=labels)
     facts = {"root": str(root), "classes_file": str(cfile), "test_dir": str(test.root), "num_classes": c,
              "seen_classes": int(seen.sum()), "unseen_classes": int((~seen).sum()), "pool_images": len(pool),
-             "shots": int(len(shots)), "shots_source": source, "shots_per_class_max": int(counts.max(initial=0)),
-             "shots_per_class_min": int(counts[seen].min(initial=0)), "estimate_images": int(len(estimate)),
+             "shots": len(shots), "shots_source": source, "shots_per_class_max": int(counts.max(initial=0)),
+             "shots_per_class_min": int(counts[seen].min(initial=0)), "estimate_images": len(estimate),
              "test_images": len(test), "test_labels": None if labels is None else int((labels >= 0).sum()),
              "skipped_train_items": len(pool.skipped)}
     return data, facts
@@ -237,7 +244,7 @@ def extract_features(ws: Workspace, records: list[dict[str, Any]]) -> None:
 def text_uses(cfg: PipelineConfig, stages: Mapping[str, Stage]) -> dict[str, set]:
     """Backbone alias -> distinct (class group, prompts) text classifiers encoded with it (for the by-use count)."""
     uses: dict[str, set] = {}
-    for name, st in stages.items():
+    for st in stages.values():
         if isinstance(st, MethodStage) and st.method_cls.needs_text:
             prompts = (st.cfg.prompts or cfg.prompts).key()
             uses.setdefault(st.cfg.backbone, set()).add((tuple(st.classes.tolist()), prompts))
@@ -334,7 +341,7 @@ def build_report(cfg: PipelineConfig, ws: Workspace, stages: Mapping[str, Stage]
                  refused: str | None) -> dict[str, Any]:
     data = ws.data
     stage_records = []
-    for name, st in stages.items():
+    for st in stages.values():
         rec = dict(st.record)
         rec["metrics"] = {split: stage_metrics(st, data, split) for split in ("estimate", "test")}
         if isinstance(st, CascadeStage):
@@ -363,12 +370,13 @@ def build_report(cfg: PipelineConfig, ws: Workspace, stages: Mapping[str, Stage]
 
 
 def _pretrained_components(ws: Workspace, stages: Mapping[str, Stage]) -> dict[str, Backbone]:
-    """Backbones used as loaded at prediction time: those of method stages and of head-only specialists."""
+    """Backbones used as loaded at prediction time: those of method stages and of specialists whose encoder was not
+    fine-tuned (a fine-tuned copy is counted by its stage instead)."""
     used: dict[str, Backbone] = {}
     for st in stages.values():
         if isinstance(st, MethodStage):
             used[st.cfg.backbone] = ws.backbone(st.cfg.backbone)
-        elif isinstance(st, SpecialistStage) and st.cfg.train == "head":
+        elif isinstance(st, SpecialistStage) and not st.tuned:
             used[st.cfg.model] = ws.backbone(st.cfg.model)
     return used
 

@@ -15,7 +15,8 @@ stepped per epoch, 31 epochs, batch 32, resize 320 + random crop 280 + flip; the
 - Epoch count by cross-validation within the shots: for each of `cv_folds` folds the model is trained from the same
   start on the other folds and scored on the held-out one after every epoch (and before training when the head is
   not random); the epoch with the highest summed held-out accuracy (first maximum) is kept, and the final model is
-  trained on all shots under the same schedule and stopped there. With `cv_folds` < 2 the last epoch is kept.
+  trained on all shots under the same schedule and stopped there. With `cv_folds` < 2 the last epoch is kept. When
+  the choice is 0 epochs the encoder is left as loaded (and shares the backbone's cached features).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import hashlib
 import logging
 import math
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -243,7 +245,8 @@ class SpecialistStage(Stage):
             curve = (total / len(labels)).round(4).tolist()
         self.encoder, self.head, _ = trainer.run(np.arange(len(labels)), None, stop=stop)
         self.train_s = time.perf_counter() - start
-        if cfg.train == "head":
+        self.tuned = cfg.train == "all" and stop > 0
+        if not self.tuned:
             self.encoder_bb = bb  # unchanged encoder: share the cached features of the original backbone
         else:
             self.encoder_bb = Backbone(
@@ -253,7 +256,7 @@ class SpecialistStage(Stage):
                 fingerprint=make_fingerprint(f"specialist:{bb.arch}", hash_state_dict(self.encoder.state_dict()),
                                              bb.preprocess_cfg))
         self.n_encoder = sum(p.numel() for p in image_encoder(bb).parameters())
-        self.record.update(model=bb.spec, n_classes=int(len(self.classes)), n_shots=int(len(labels)),
+        self.record.update(model=bb.spec, n_classes=len(self.classes), n_shots=len(labels),
                            train=cfg.train, head=cfg.head, head_init=cfg.head_init, cv_folds=folds,
                            epochs_kept=stop, cv_curve=curve, train_s=round(self.train_s, 3),
                            tuning=(f"epochs chosen by {folds}-fold cross-validation within the shots" if curve
@@ -270,5 +273,5 @@ class SpecialistStage(Stage):
 
     def param_counts(self) -> dict[str, int]:
         head = sum(p.numel() for p in self.head.parameters())
-        tuned = int(self.n_encoder) if self.cfg.train == "all" else 0
+        tuned = int(self.n_encoder) if self.tuned else 0
         return {"fitted": int(head), "finetuned_encoder": tuned, "trainable": int(head) + tuned}

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +49,7 @@ class Stage(ABC):
         self._memo: dict[str, torch.Tensor] = {}
 
     @abstractmethod
-    def fit(self, ws: Workspace, stages: Mapping[str, "Stage"]) -> None:
+    def fit(self, ws: Workspace, stages: Mapping[str, Stage]) -> None:
         """Prepare the stage (earlier stages in `stages` are already fitted)."""
 
     @abstractmethod
@@ -119,7 +121,7 @@ class MethodStage(Stage):
         tuning = "defaults"
         if ws.tune_on_pool:
             val = local_labels(ws.estimate_features(cfg.backbone), self.classes, info.num_classes)
-            task = _with_val(task, val.to(dev))
+            task = replace(task, val=val.to(dev))
             tuning = "tuned on pool images (outside the 4-shot rule)"
         elif cfg.crossval:
             outcome = choose_by_crossval(cfg.method, params, task, ws.config.cv_folds, task.seed)
@@ -128,7 +130,7 @@ class MethodStage(Stage):
             self.record["cv_folds"] = outcome.fold_meta
         start = time.perf_counter()
         self.method = create(cfg.method, **params).fit(task)
-        self.record.update(method=cfg.method, backbone=cfg.backbone, n_classes=int(len(self.classes)),
+        self.record.update(method=cfg.method, backbone=cfg.backbone, n_classes=len(self.classes),
                            n_shots=len(shots), tuning=tuning, overrides=_jsonable(params),
                            chosen=_jsonable(_chosen(self.method.fitted_meta())),
                            final_fit_s=round(time.perf_counter() - start, 3))
@@ -173,7 +175,7 @@ class EnsembleStage(Stage):
                                   f"{missing[:10]} of the ensemble's class group")
             self.columns.append(torch.as_tensor([pos[int(c)] for c in self.classes]))
         self.record.update(members=[{"stage": st.name, "weight": w} for st, w in self.members],
-                           normalize=self.cfg.normalize, n_classes=int(len(self.classes)))
+                           normalize=self.cfg.normalize, n_classes=len(self.classes))
 
     def _scores(self, split: str, rows: np.ndarray | None) -> torch.Tensor:
         n = self._ws.data.num_rows(split) if rows is None else len(rows)
@@ -186,12 +188,6 @@ class EnsembleStage(Stage):
                 s = s.log_softmax(dim=1)
             total += w * s
         return total
-
-
-def _with_val(task: Task, val: Any) -> Task:
-    from dataclasses import replace
-
-    return replace(task, val=val)
 
 
 _CHOSEN_KEYS = ("alpha", "beta", "gamma", "C", "rho", "best_epoch", "best_iter", "best_step", "val_accuracy",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import torch
@@ -119,11 +118,13 @@ class Workspace:
             log.info("loading backbone %s (%s)", alias_or_spec, spec)
             bb = load_backbone(spec, device=self.device)
         self.loaded[alias_or_spec] = bb
+        self.loaded.setdefault(spec, bb)
         return bb
 
     # ------------------------------------------------------------------------------------------------- features
-    def shot_features(self, alias: str, policy: AugmentPolicy = AugmentPolicy()) -> FeatureSet:
-        """Features of the shots (global labels), with `policy.views` augmented views."""
+    def shot_features(self, alias: str, policy: AugmentPolicy | None = None) -> FeatureSet:
+        """Features of the shots (global labels), with `policy.views` augmented views (None = no views)."""
+        policy = policy or AugmentPolicy()
         key = (alias, "shots", policy.key()["name"], policy.views, policy.seed)
         if key not in self._features:
             ds = self.data.pool.subset(self.data.shots)
@@ -210,10 +211,6 @@ def local_labels(fs: FeatureSet, classes: np.ndarray, num_classes: int) -> Featu
     keep = np.flatnonzero((labels >= 0) & (pos[np.clip(labels, 0, num_classes - 1)] >= 0))
     sub = fs.subset(keep)
     return replace(sub, labels=torch.as_tensor(pos[labels[keep]]))
-
-
-def describe_features(fs: FeatureSet) -> dict[str, Any]:
-    return {"n": len(fs), "dim": fs.dim, "views": 0 if fs.aug_features is None else int(fs.aug_features.shape[0])}
 
 
 def check_split(split: str) -> None:

@@ -70,7 +70,8 @@ class PromptLearner(nn.Module):
         self.register_buffer("slot", layout.slot.to(dev), persistent=False)
         self.register_buffer("eot", layout.eot.to(dev), persistent=False)
         self.register_buffer("row_class", layout.row_class.to(dev), persistent=False)
-        cond = torch.cat([torch.full((g.size,), g.conditional) for g in groups]) if groups else torch.zeros(0, dtype=torch.bool)
+        flags = [torch.full((g.size,), g.conditional) for g in groups]
+        cond = torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
         self.register_buffer("cond", cond.to(dev), persistent=False)
         self.csc = any(g.csc for g in groups)
         self.conditional = bool(cond.any())

@@ -304,7 +304,8 @@ class PromptMethod(Method):
         self.meta_net_ = None
         if mn:
             hidden, dim = mn["0.weight"].shape
-            self.meta_net_ = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, mn["2.weight"].shape[0]))
+            width = mn["2.weight"].shape[0]
+            self.meta_net_ = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, width))
             self.meta_net_.load_state_dict(mn)
         self.history_ = []
         self._after_load()

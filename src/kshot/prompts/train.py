@@ -71,8 +71,9 @@ def epoch_features(train: FeatureSet, generator: torch.Generator) -> torch.Tenso
     """Features [N, D] to show this epoch: a random cached view per item, or the plain features when none."""
     if train.aug_features is None or train.aug_features.shape[0] == 0:
         return train.features
-    v = torch.randint(0, train.aug_features.shape[0], (len(train),), generator=generator)
-    return train.aug_features[v.to(train.aug_features.device), torch.arange(len(train), device=train.aug_features.device)]
+    aug = train.aug_features
+    v = torch.randint(0, aug.shape[0], (len(train),), generator=generator).to(aug.device)
+    return aug[v, torch.arange(len(train), device=aug.device)]
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:

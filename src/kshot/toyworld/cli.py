@@ -97,7 +97,7 @@ def pretrain(
     res = run(cfg)
     pre = toy_preprocess_cfg(res.config.model.image_size)
     meta = {"world": res.world_spec.to_dict(), "recipe": res.config.to_dict(), "wall_s": round(res.wall_s, 1),
-            "command": " ".join(["kshot toyworld pretrain", *sys.argv[1:]]) if sys.argv else "",
+            "command": " ".join(["kshot", *sys.argv[1:]]),
             "final_loss": float(np.mean(res.losses[-50:])), "date": time.strftime("%Y-%m-%d")}
     if evaluate:
         meta["metrics"] = measure(res.model, res.tokenizer, pre)

@@ -6,13 +6,17 @@ Four domains (class ids in this order):
 |---|---|---|---|---|
 | `Shapes` | 48 colour x shape combos | "red star" (attribute phrases) | yes | yes |
 | `Novel` | 8 held-out combos, (shape - colour) % 8 == 0 | "red circle" | never rendered or captioned | yes |
-| `Creatures` | 16 opaque: a combo on a checkered background | made-up words ("zorvik") | seen, never named | yes |
+| `Creatures` | 16 opaque: shape x size, any colour, checkered | made-up words ("zorvik") | seen, never named | yes |
 | `Unseen` | 8 held-out combos, (shape - colour) % 8 == 4 | "red cross" | never rendered or captioned | none (B round) |
 
 The 16 held-out combos hold out every colour and every shape twice (the prototype's choice). `Shapes`, `Novel` and
 `Unseen` images use plain, striped or dotted backgrounds; only `Creatures` use checkered ones, so the domains are
-visually disjoint. Everything is deterministic from `WorldSpec.seed` and the per-call seed, and the images of one
-class do not depend on which other classes are rendered with it.
+visually disjoint. A creature is a fine-grained class, like a dog breed: its shape and size define it, its colour is
+any of the six colours its shape takes in pretraining (so its images stay inside the pretraining distribution), and
+colour, which dominates the features, is a nuisance the few shots must learn to ignore.
+
+Everything is deterministic from `WorldSpec.seed` and the per-call seed, and the images of one class do not depend
+on which other classes are rendered with it.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ DOMAINS: tuple[str, ...] = ("Shapes", "Novel", "Creatures", "Unseen")
 OPAQUE_NAMES: tuple[str, ...] = (
     "zorvik", "plimbat", "quenna", "drosk", "valmire", "tizzet", "brontle", "skivra",
     "gommel", "yarrik", "fenwhit", "lustrop", "kavvel", "mizzard", "orpent", "chuvix",
-    "nabbet", "wroxel", "dunsel", "pellig", "tharvo", "glimmick", "ostrel", "vexby",
 )
 _PLAIN_TEXTURES = (0, 1, 2)  # plain, striped, dotted
 _CHECKERED = 3
@@ -47,8 +50,9 @@ class ToyClass:
     Attributes:
         name: class name as written in prompts ("red star", "zorvik").
         domain: one of DOMAINS.
-        shape, colour: indices into SHAPES, COLOURS.
-        backgrounds: allowed indices into BACKGROUNDS (drawn uniformly per image).
+        shape: index into SHAPES.
+        colours, sizes, backgrounds: allowed indices into COLOURS, SIZES, BACKGROUNDS (each drawn uniformly per
+            image).
         held_out: True when the colour x shape combo never appears in pretraining.
         has_train: False for classes without training images (the B round's unseen classes).
     """
@@ -56,17 +60,24 @@ class ToyClass:
     name: str
     domain: str
     shape: int
-    colour: int
+    colours: tuple[int, ...]
+    sizes: tuple[int, ...]
     backgrounds: tuple[int, ...]
     held_out: bool
     has_train: bool = True
 
     @property
+    def colour(self) -> int | None:
+        """The class's colour when it has exactly one, else None (creatures come in several)."""
+        return self.colours[0] if len(self.colours) == 1 else None
+
+    @property
     def attributes(self) -> dict[str, str]:
-        """Readable attributes, e.g. {'shape': 'star', 'color': 'red', 'background': 'plain|striped|dotted'}."""
+        """Readable attributes, e.g. {'shape': 'star', 'color': 'red', 'size': 'small|large', 'background': ...}."""
         return {
             "shape": SHAPES[self.shape],
-            "color": COLOURS[self.colour],
+            "color": "|".join(COLOURS[c] for c in self.colours),
+            "size": "|".join(SIZES[z] for z in self.sizes),
             "background": "|".join(BACKGROUNDS[b] for b in self.backgrounds),
         }
 
@@ -77,7 +88,7 @@ class WorldSpec:
 
     Attributes:
         seed: base seed of every image the world renders.
-        n_creatures: opaque classes (<= 24); 16 keeps the demo's feature extraction small.
+        n_creatures: opaque classes (<= 16, the shape x size pairs).
         render: image size and nuisance ranges.
     """
 
@@ -147,24 +158,25 @@ _SPLIT_CODE = {"train": 1, "val": 2, "test": 3}
 def _build_classes(n_creatures: int) -> tuple[ToyClass, ...]:
     if not 0 <= n_creatures <= len(OPAQUE_NAMES):
         raise ConfigError(f"n_creatures must be in [0, {len(OPAQUE_NAMES)}], got {n_creatures}")
+    sizes = tuple(range(len(SIZES)))
     out: list[ToyClass] = []
     for colour in range(len(COLOURS)):
         for shape in range(len(SHAPES)):
             if not is_held_out(shape, colour):
                 name = f"{COLOURS[colour]} {SHAPES[shape]}"
-                out.append(ToyClass(name, "Shapes", shape, colour, _PLAIN_TEXTURES, False))
+                out.append(ToyClass(name, "Shapes", shape, (colour,), sizes, _PLAIN_TEXTURES, False))
     for colour in range(len(COLOURS)):
         shape = colour  # (shape - colour) % 8 == 0
-        out.append(ToyClass(f"{COLOURS[colour]} {SHAPES[shape]}", "Novel", shape, colour, _PLAIN_TEXTURES, True))
+        out.append(ToyClass(f"{COLOURS[colour]} {SHAPES[shape]}", "Novel", shape, (colour,), sizes, _PLAIN_TEXTURES,
+                            True))
     for i in range(n_creatures):
-        shape = i % 8
-        colour = (shape + 1 + i // 8) % 8  # offsets 1..3 -> (shape - colour) % 8 in {7, 6, 5}: never held out
-        out.append(ToyClass(OPAQUE_NAMES[i], "Creatures", shape, colour, (_CHECKERED,), False))
+        shape, size = i // len(SIZES), i % len(SIZES)
+        colours = tuple(c for c in range(len(COLOURS)) if not is_held_out(shape, c))
+        out.append(ToyClass(OPAQUE_NAMES[i], "Creatures", shape, colours, (size,), (_CHECKERED,), False))
     for colour in range(len(COLOURS)):
         shape = (colour + 4) % 8
-        out.append(
-            ToyClass(f"{COLOURS[colour]} {SHAPES[shape]}", "Unseen", shape, colour, _PLAIN_TEXTURES, True, False)
-        )
+        out.append(ToyClass(f"{COLOURS[colour]} {SHAPES[shape]}", "Unseen", shape, (colour,), sizes, _PLAIN_TEXTURES,
+                            True, False))
     return tuple(out)
 
 
@@ -207,20 +219,20 @@ class World:
             )
 
     def sample_attributes(self, class_ids: np.ndarray | list[int], rng: np.random.Generator) -> Attributes:
-        """Attributes of one image per class id: size, allowed background and position drawn uniformly."""
+        """Attributes of one image per class id: colour, size and background drawn uniformly from the class's allowed
+        values, position uniformly from the 3x3 grid."""
         ids = np.asarray(class_ids, dtype=np.int64)
         self._check_ids(ids)
         n = ids.shape[0]
+        u = rng.random((3, n))
+
+        def pick(field: str, row: int) -> np.ndarray:
+            vals = [getattr(self.classes[i], field) for i in ids]
+            return np.array([v[int(x * len(v))] for v, x in zip(vals, u[row])], dtype=np.int64)
+
         shape = np.array([self.classes[i].shape for i in ids], dtype=np.int64)
-        colour = np.array([self.classes[i].colour for i in ids], dtype=np.int64)
-        u = rng.random(n)
-        background = np.array(
-            [self.classes[i].backgrounds[int(x * len(self.classes[i].backgrounds))] for i, x in zip(ids, u)],
-            dtype=np.int64,
-        )
-        size = rng.integers(0, len(SIZES), size=n)
         position = rng.integers(0, len(POSITIONS), size=n)
-        return Attributes(shape, colour, size, background, position)
+        return Attributes(shape, pick("colours", 0), pick("sizes", 1), pick("backgrounds", 2), position)
 
     def render_attributes(self, attrs: Attributes, rng: np.random.Generator) -> np.ndarray:
         """uint8 images [N, S, S, 3] of attribute records (nuisances drawn from `rng`)."""
