@@ -153,6 +153,8 @@ def predict(
         if bb.fingerprint != info["fingerprint"]:
             raise KshotError(f"{artifact} was fitted on backbone {info['fingerprint']} but {info['backbone']} now "
                              f"loads as {bb.fingerprint} (weights or preprocessing changed)")
+        if m.needs_backbone:
+            m.attach_backbone(bb)
     else:
         if method != "zeroshot":
             raise KshotError(f"--method {method} needs a fitted --artifact (run `kshot fit` first)")
@@ -244,12 +246,12 @@ def score(
 @app.command("eval")
 def eval_(
     data: Path = typer.Argument(..., help="Dataset with a labelled training pool."),
-    protocol: str = typer.Option("fewshot", help="Protocol: fewshot."),
+    protocol: str = typer.Option("fewshot", help="Protocol: fewshot | base2new (CoOp's base-to-new)."),
     test: Optional[Path] = typer.Option(None, help="Labelled test dataset (default: DATA's test split)."),
     backbone: str = BackboneOpt,
     method_names: Optional[str] = typer.Option(None, "--methods", help="Comma-separated (default: every cached-feature "
                                                "method)."),
-    shots: str = typer.Option("1,2,4,8,16", help="Comma-separated K values."),
+    shots: Optional[str] = typer.Option(None, help="Comma-separated K values (default 1,2,4,8,16; base2new: 16)."),
     seeds: str = typer.Option("1,2,3", help="Comma-separated seeds."),
     layout: str = LayoutOpt,
     train_split: str = typer.Option("train", help="Split of DATA holding the pool."),
@@ -257,6 +259,8 @@ def eval_(
     templates: Optional[list[str]] = typer.Option(None, "--template", help="Prompt template(s) with {}; repeat."),
     prompts: Optional[Path] = typer.Option(None, help="Prompt JSON file or folder."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="method.key=value override; repeat."),
+    preset: Optional[str] = typer.Option(None, help="base2new: prompt-learning preset (official | seed000)."),
+    views: int = typer.Option(0, help="base2new: augmented views of the shots to cache and train on."),
     out: Path = typer.Option(Path("kshot-out/eval"), "--out", "-o", help="Results folder (results.jsonl, tables, "
                              "plots); re-running skips finished cells."),
     cache: Optional[Path] = CacheOpt,
@@ -268,17 +272,29 @@ def eval_(
     from kshot.eval.fewshot import FewShotInputs, FewShotProtocol, ResultStore, cached_feature_methods, run_fewshot
     from kshot.eval.report import markdown_table, plot_curves
 
-    if protocol != "fewshot":
-        raise KshotError(f"unknown protocol {protocol!r}; available: fewshot")
-    names = method_names.split(",") if method_names else cached_feature_methods()
+    if protocol not in ("fewshot", "base2new"):
+        raise KshotError(f"unknown protocol {protocol!r}; available: fewshot, base2new")
     per_method: dict[str, dict] = {}
-    for key, value in wf.parse_overrides(overrides or []).items():
+    for pair in overrides or []:
+        key, _, _ = pair.partition("=")
         if "." not in key:
             raise KshotError(f"--set {key}=...: use method.key=value in eval (e.g. tip_adapter.alpha=1)")
         m, field = key.split(".", 1)
-        per_method.setdefault(m, {})[field] = value
-    proto = FewShotProtocol(names, tuple(int(k) for k in shots.split(",")), tuple(int(s) for s in seeds.split(",")),
-                            per_method)
+        per_method.setdefault(m, {}).update(wf.parse_overrides([pair.split(".", 1)[1]]))
+    seed_list = tuple(int(s) for s in seeds.split(","))
+    if protocol == "base2new":
+        from kshot.prompts.cli import run_base2new
+
+        res = run_base2new(data, methods=method_names.split(",") if method_names else None, backbone=backbone,
+                           shots=[int(k) for k in (shots or "16").split(",")], seeds=seed_list, test=test,
+                           layout=layout, train_split=train_split, test_split=test_split, templates=templates,
+                           prompts=prompts, overrides=per_method, preset=preset, views=views, out=out, cache=cache,
+                           device=device, progress=console.print)
+        Console().print(res["table"])
+        console.print(f"results in {out}")
+        return
+    names = method_names.split(",") if method_names else cached_feature_methods()
+    proto = FewShotProtocol(names, tuple(int(k) for k in (shots or "1,2,4,8,16").split(",")), seed_list, per_method)
     pool = load_dataset(data, layout=layout, split=train_split)
     test_ds = load_dataset(test or data, layout=layout if test is None else "auto", split=test_split)
     bb = _load_backbone(backbone, device)

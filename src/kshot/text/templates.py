@@ -23,6 +23,7 @@ DATASET_TEMPLATES: dict[str, str] = {
     "oxfordflowers": "a photo of a {}, a type of flower.",
     "fgvcaircraft": "a photo of a {}, a type of aircraft.",
     "dtd": "{} texture.",
+    "describabletextures": "{} texture.",
     "eurosat": "a centered satellite photo of {}.",
     "stanfordcars": "a photo of a {}.",
     "food101": "a photo of {}, a type of food.",
