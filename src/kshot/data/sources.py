@@ -116,6 +116,10 @@ def detect_layout(path: Path | str) -> str:
     )
 
 
+#: Short names accepted for `layout` (the CLI documents `list`).
+LAYOUT_ALIASES = {"list": "listfile", "folder-of-classes": "imagefolder"}
+
+
 def load_dataset(path: Path | str, layout: str = "auto", split: str = "train", *,
                  classes_file: Path | str | None = None, image_root: Path | str | None = None,
                  on_missing: OnMissing = "error") -> Dataset:
@@ -134,7 +138,7 @@ def load_dataset(path: Path | str, layout: str = "auto", split: str = "train", *
     path = Path(path)
     if not path.exists():
         raise DataError(f"dataset path not found: {path}")
-    name = detect_layout(path) if layout == "auto" else layout
+    name = detect_layout(path) if layout == "auto" else LAYOUT_ALIASES.get(layout, layout)
     if name not in LAYOUTS:
         raise DataError(f"unknown dataset layout {layout!r}; choose 'auto' or one of {', '.join(LAYOUTS.names())}")
     reader: Callable[..., Dataset] = LAYOUTS.get(name)
