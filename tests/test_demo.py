@@ -46,8 +46,7 @@ def test_opaque_names_zero_shot_near_chance_and_shots_carry_accuracy(demo):
     assert lp[0] < lp[1] < lp[2]  # measured 0.455 < 0.775 < 0.9825
     assert lp[2] >= zs + 0.15
     for method in {r["method"] for r in g["records"]}:
-        if method != "inmap":  # transductive and text-driven: it cannot fix text that knows nothing of the names
-            assert _top1(g["records"], method, 16) > zs + 0.15, method
+        assert _top1(g["records"], method, 16) > zs + 0.15, method  # lowest measured: inmap 0.295
     for k in (1, 2, 4, 8, 16):
         assert _top1(g["records"], "tip_adapter", k) >= zs  # measured 0.08 .. 0.56
 
