@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=10000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--sweep-classes", type=int, default=100, help="classes in the protocol sweep")
+    ap.add_argument("--sweep-classes", type=int, default=50, help="classes in the protocol sweep")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -67,7 +67,7 @@ def main() -> None:
         acc = (logits.argmax(1) == tst.labels).float().mean().item()
         print(f"{name:<14} {fit_s:9.2f} {pred_s:10.3f} {100 * acc:7.2f}")
 
-    pool, tst, text = synthetic(args.sweep_classes, 20, 2000, args.dim, args.device, seed=1)
+    pool, tst, text = synthetic(args.sweep_classes, 20, 1000, args.dim, args.device, seed=1)
     inputs = FewShotInputs("bench", "synthetic", pool, tst, [str(i) for i in range(args.sweep_classes)], text)
     proto = FewShotProtocol(cached_feature_methods(), (1, 2, 4, 8, 16), (1, 2, 3))
     t0 = time.perf_counter()
