@@ -31,9 +31,9 @@ import torch
 from kshot.errors import CheckpointError, ConfigError
 from kshot.methods.ape import ape_criterion, resolve_num_channels, search_ape, select_channels
 from kshot.methods.base import METHODS, Method, Task
-from kshot.methods.checks import check_features, check_task, check_val_covers
+from kshot.methods.checks import check_features
 from kshot.methods.search import cache_kernel
-from kshot.methods.tip_adapter import build_cache, in_row_chunks, one_hot, validate_cache_policy
+from kshot.methods.tip_adapter import cache_inputs, in_row_chunks, one_hot, validate_cache_policy
 from kshot.methods.tip_adapter_f import TrainSchedule, train_epochs
 
 log = logging.getLogger(__name__)
@@ -112,12 +112,7 @@ class APET(Method):
 
     def fit(self, task: Task) -> "APET":
         cfg = self.config
-        check_task(task, needs_shots=True, supports_empty_classes=True, method=self.name)
-        check_val_covers(task, self.name)
-        dev = task.train.features.device
-        text = task.text_weights.float().to(dev)
-        keys, key_labels = build_cache(task.train, cfg.cache_policy)
-        keys, key_labels = keys.to(dev), key_labels.to(dev)
+        dev, text, keys, key_labels = cache_inputs(task, cfg.cache_policy, self.name)
         q = resolve_num_channels(cfg.channels, text.shape[1], cfg.reference_dim)
         channels = select_channels(ape_criterion(text, keys, key_labels, cfg.lam), q)
         residual = torch.nn.Parameter(torch.zeros(task.num_classes, q, device=dev))

@@ -96,6 +96,20 @@ def build_cache(train: FeatureSet, policy: str = "mean") -> tuple[torch.Tensor, 
     return keys, labels.repeat(aug.shape[0] + 1)
 
 
+def cache_inputs(task: Task, cache_policy: str, method: str
+                 ) -> tuple[torch.device, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate a cache method's task and build its cache on the features' device.
+
+    Returns:
+        (device, text weights [C, D] float32, cache keys [M, D], key labels [M]).
+    """
+    check_task(task, needs_shots=True, supports_empty_classes=True, method=method)
+    check_val_covers(task, method)
+    dev = task.train.features.device
+    keys, key_labels = build_cache(task.train, cache_policy)
+    return dev, task.text_weights.float().to(dev), keys.to(dev), key_labels.to(dev)
+
+
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """labels [M] -> float32 [M, C] one-hot cache values."""
     return F.one_hot(labels.long(), num_classes).float()
@@ -140,12 +154,8 @@ class TipAdapter(Method):
     supports_empty_classes: ClassVar[bool] = True
 
     def fit(self, task: Task) -> "TipAdapter":
-        check_task(task, needs_shots=True, supports_empty_classes=True, method=self.name)
-        check_val_covers(task, self.name)
-        dev = task.train.features.device
-        self.text_weights_ = task.text_weights.float().to(dev).clone()
-        keys, key_labels = build_cache(task.train, self.config.cache_policy)
-        self.keys_, self.key_labels_ = keys.to(dev), key_labels.to(dev)
+        dev, text, self.keys_, self.key_labels_ = cache_inputs(task, self.config.cache_policy, self.name)
+        self.text_weights_ = text.clone()
         self.scale_ = float(task.logit_scale)
         self.num_classes_ = task.num_classes
         values = one_hot(self.key_labels_, self.num_classes_)

@@ -30,9 +30,8 @@ import torch.nn.functional as F
 from kshot.errors import ConfigError
 from kshot.features.featureset import FeatureSet
 from kshot.methods.base import METHODS, Task
-from kshot.methods.checks import check_task, check_val_covers
 from kshot.methods.search import accuracy
-from kshot.methods.tip_adapter import TipAdapter, TipAdapterConfig, build_cache, one_hot, search_tip, tip_logits
+from kshot.methods.tip_adapter import TipAdapter, TipAdapterConfig, cache_inputs, one_hot, search_tip, tip_logits
 
 log = logging.getLogger(__name__)
 
@@ -162,13 +161,9 @@ class TipAdapterF(TipAdapter):
 
     def fit(self, task: Task) -> "TipAdapterF":
         cfg = self.config
-        check_task(task, needs_shots=True, supports_empty_classes=True, method=self.name)
-        check_val_covers(task, self.name)
-        dev = task.train.features.device
-        text = task.text_weights.float().to(dev)
-        keys, key_labels = build_cache(task.train, cfg.cache_policy)
-        values = one_hot(key_labels.to(dev), task.num_classes)
-        weight = torch.nn.Parameter(keys.to(dev).clone())
+        dev, text, keys, key_labels = cache_inputs(task, cfg.cache_policy, self.name)
+        values = one_hot(key_labels, task.num_classes)
+        weight = torch.nn.Parameter(keys.clone())
         scale = float(task.logit_scale)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
