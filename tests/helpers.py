@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from kshot.backbones.base import Backbone, PreprocessCfg, hash_state_dict, make_fingerprint
+from kshot.features.featureset import FeatureSet
 
 
 class _TinyEncoder(nn.Module):
@@ -61,3 +63,17 @@ def write_image_folder(root: Path, classes: dict[str, list[tuple[int, int, int]]
             arr = np.clip(np.array(c)[None, None, :] + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(arr).save(d / f"{i}.png")
     return root
+
+
+def sample_features(means: torch.Tensor, per_class: int, noise: float, gen: torch.Generator, views: int = 0,
+                    classes: list[int] | None = None) -> FeatureSet:
+    """Synthetic L2-normalised features: `per_class` noisy copies of each class mean [C, D] (of `classes`, default
+    all), with `views` augmented views at half the noise."""
+    c, d = means.shape
+    keep = torch.tensor(classes if classes is not None else list(range(c)), dtype=torch.long)
+    labels = keep.repeat_interleave(per_class)
+    x = F.normalize(means[labels] + noise * torch.randn(len(labels), d, generator=gen) / d**0.5, dim=-1)
+    aug = None
+    if views:
+        aug = F.normalize(x[None] + 0.5 * noise * torch.randn(views, len(labels), d, generator=gen) / d**0.5, dim=-1)
+    return FeatureSet(features=x, labels=labels, paths=[f"img{i}.jpg" for i in range(len(labels))], aug_features=aug)

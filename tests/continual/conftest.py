@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -49,18 +48,8 @@ class LogitRecorder:
         self.after.append(outs)
 
 
-@pytest.fixture(scope="package", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny nets on a busy 2-core box run ~10x faster on one thread than on two (no OpenMP contention)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="package")
-def vgg_run(one_thread: None,
-            tmp_path_factory: pytest.TempPathFactory) -> tuple[ContinualConfig, Path, object, LogitRecorder]:
+def vgg_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[ContinualConfig, Path, object, LogitRecorder]:
     """PackNet over the digits sequence on tiny_vgg: (config, out dir, state, recorded logits)."""
     out = tmp_path_factory.mktemp("vgg_run")
     cfg = digits_config("tiny_vgg")

@@ -15,18 +15,7 @@ import torch.nn.functional as F
 
 from kshot.features.featureset import FeatureSet
 from kshot.methods.base import Task
-
-
-def _sample(means: torch.Tensor, per_class: int, noise: float, gen: torch.Generator, views: int = 0,
-            classes: list[int] | None = None) -> FeatureSet:
-    c, d = means.shape
-    keep = torch.tensor(classes if classes is not None else list(range(c)), dtype=torch.long)
-    labels = keep.repeat_interleave(per_class)
-    x = F.normalize(means[labels] + noise * torch.randn(len(labels), d, generator=gen) / d**0.5, dim=-1)
-    aug = None
-    if views:
-        aug = F.normalize(x[None] + 0.5 * noise * torch.randn(views, len(labels), d, generator=gen) / d**0.5, dim=-1)
-    return FeatureSet(features=x, labels=labels, paths=[f"img{i}.jpg" for i in range(len(labels))], aug_features=aug)
+from tests.helpers import sample_features
 
 
 def make_task(c: int = 20, k: int = 16, d: int = 32, val_per_class: int = 4, test_per_class: int = 30,
@@ -43,10 +32,10 @@ def make_task(c: int = 20, k: int = 16, d: int = 32, val_per_class: int = 4, tes
     means = F.normalize(means - (means @ shared)[:, None] * shared, dim=-1)  # class means orthogonal to the gap
     text = F.normalize(text_gap * shared + means + text_noise * torch.randn(c, d, generator=gen) / d**0.5, dim=-1)
     shot_classes = [i for i in range(c) if i not in empty]
-    train = _sample(means, k, feat_noise, gen, views=views, classes=shot_classes) if k else FeatureSet(
+    train = sample_features(means, k, feat_noise, gen, views=views, classes=shot_classes) if k else FeatureSet(
         torch.zeros(0, d), torch.zeros(0, dtype=torch.long), [])
-    val = _sample(means, val_per_class, feat_noise, gen) if with_val else None
-    test = _sample(means, test_per_class, feat_noise, gen)
+    val = sample_features(means, val_per_class, feat_noise, gen) if with_val else None
+    test = sample_features(means, test_per_class, feat_noise, gen)
     task = Task(train=train, classnames=[f"class{i}" for i in range(c)], text_weights=text, val=val, seed=seed)
     return task, test
 
@@ -114,23 +103,3 @@ def assert_round_trip(method, features: torch.Tensor, path) -> None:
     assert type(loaded) is type(method)
     assert torch.equal(method.logits(features), loaded.logits(features))
     assert loaded.fitted_meta() == method.fitted_meta()
-
-
-class one_thread:
-    """Context manager: run a timed block on one intra-op thread (2-thread contention on a loaded CI box is slow)."""
-
-    def __enter__(self) -> "one_thread":
-        self.saved = torch.get_num_threads()
-        torch.set_num_threads(1)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        torch.set_num_threads(self.saved)
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Autouse in the cache-method test modules (imported there): these tests run many tiny ops, which two contending
-    intra-op threads on a loaded 2-core box slow down ~30x."""
-    with one_thread():
-        yield

@@ -7,39 +7,14 @@ test features) carry information the zero-shot classifier lacks.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import replace
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 
 from kshot.features.featureset import FeatureSet
+from tests.helpers import sample_features as sample
 from kshot.methods.base import Task
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run tiny-tensor code on one intra-op thread (restored after): on a busy shared box, BLAS threads spinning on
-    10x16 matrices make these tests many times slower without changing any result."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def sample(means: torch.Tensor, per_class: int, noise: float, gen: torch.Generator, views: int = 0,
-           classes: list[int] | None = None) -> FeatureSet:
-    c, d = means.shape
-    keep = torch.tensor(classes if classes is not None else list(range(c)), dtype=torch.long)
-    labels = keep.repeat_interleave(per_class)
-    x = F.normalize(means[labels] + noise * torch.randn(len(labels), d, generator=gen) / d**0.5, dim=-1)
-    aug = None
-    if views:
-        aug = F.normalize(x[None] + 0.5 * noise * torch.randn(views, len(labels), d, generator=gen) / d**0.5, dim=-1)
-    return FeatureSet(features=x, labels=labels, paths=[f"img{i}.jpg" for i in range(len(labels))], aug_features=aug)
 
 
 def make_task(c: int = 8, k: int = 8, d: int = 32, val_per_class: int = 4, test_per_class: int = 30,

@@ -10,7 +10,6 @@ from torch import nn
 
 from kshot.methods import create
 from kshot.methods.tip_adapter import tip_logits
-from tests.methods.conftest_cachemethods import single_thread  # noqa: F401  (autouse fixture)
 from tests.methods.conftest_cachemethods import (BAD_CASES, FAST_GRID_2, accuracy, assert_logits_input_checks,
                                                  assert_rejects, assert_round_trip, make_task, zeroshot_accuracy)
 from tests.methods.test_ape import literal_s, literal_v

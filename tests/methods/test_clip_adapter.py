@@ -10,14 +10,8 @@ from torch import nn
 from kshot.errors import ConfigError, DataError, KshotError
 from kshot.methods import create, load
 from kshot.methods.clip_adapter import adapter_logits, init_adapter
-from tests.methods.conftest_lpheads import (accuracy, bad_tasks, make_task, single_thread, tiny_task,
+from tests.methods.conftest_lpheads import (accuracy, bad_tasks, make_task, tiny_task,
                                             zeroshot_accuracy)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 class _Adapter(nn.Module):

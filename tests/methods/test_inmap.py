@@ -9,13 +9,7 @@ import torch.nn.functional as F
 from kshot.errors import ConfigError, DataError, KshotError
 from kshot.methods import create, load
 from kshot.methods.inmap import sharpen, sinkhorn_labels
-from tests.methods.conftest_lpheads import accuracy, bad_tasks, make_task, single_thread, tiny_task
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+from tests.methods.conftest_lpheads import accuracy, bad_tasks, make_task, tiny_task
 
 
 # --- literal transcription of idstcv/InMaP main.py (classifier as [D, C] columns) ---------------------------------

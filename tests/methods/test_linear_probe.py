@@ -11,14 +11,8 @@ import torch.nn.functional as F
 from kshot.errors import ConfigError, DataError, KshotError
 from kshot.methods import create, load
 from kshot.methods.linear_probe import LPCLIP_C_GRID, fit_logistic, search_c
-from tests.methods.conftest_lpheads import (accuracy, bad_tasks, make_task, single_thread, tiny_task,
+from tests.methods.conftest_lpheads import (accuracy, bad_tasks, make_task, tiny_task,
                                             zeroshot_accuracy)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 def _separable_ish(num_classes: int, n: int = 60, d: int = 16, seed: int = 0):

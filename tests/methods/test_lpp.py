@@ -8,14 +8,8 @@ from scipy.linalg import eigh
 
 from kshot.errors import ConfigError, DataError, KshotError
 from kshot.methods import create, load
-from tests.methods.conftest_lpheads import (accuracy, bad_tasks, make_task, single_thread, tiny_task,
+from tests.methods.conftest_lpheads import (accuracy, bad_tasks, make_task, tiny_task,
                                             zeroshot_accuracy)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 def _official_lpp(x, y, text, iters):

@@ -7,7 +7,6 @@ import torch
 
 from kshot.errors import ConfigError, DataError
 from kshot.methods.search import class_blocks, correct_alpha_interval, grid_search, linear_grid
-from tests.methods.conftest_cachemethods import single_thread  # noqa: F401  (autouse fixture)
 
 
 def _problem(seed: int = 0, n: int = 40, m: int = 24, c: int = 6):

@@ -14,7 +14,6 @@ from kshot.errors import ConfigError
 from kshot.methods import create
 from kshot.methods.ape import resolve_num_channels
 from kshot.methods.track1 import track1_criterion
-from tests.methods.conftest_cachemethods import single_thread  # noqa: F401  (autouse fixture)
 from tests.methods.conftest_cachemethods import (BAD_CASES, FAST_GRID_3, accuracy, assert_logits_input_checks,
                                                  assert_rejects, assert_round_trip, make_task, zeroshot_accuracy)
 from tests.methods.test_ape import literal_ape_logits, literal_kl, literal_v

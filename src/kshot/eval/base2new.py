@@ -27,7 +27,7 @@ import torch
 from kshot import __version__
 from kshot.data.fewshot import base_new_split, sample_k_shot, sample_val
 from kshot.errors import DataError
-from kshot.eval.fewshot import ResultStore, config_hash
+from kshot.eval.fewshot import ResultStore, config_hash, jsonable
 from kshot.features.featureset import FeatureSet
 from kshot.methods.base import Method, Task, config_to_dict, create
 
@@ -174,7 +174,7 @@ def run_cell(inputs: Base2NewInputs, method: str, shots: int, seed: int, overrid
         "seed": seed, "config_hash": config_hash(method, overrides), "config": config_to_dict(m.config),
         "base_acc": base_acc, "new_acc": new_acc, "hm": harmonic_mean(base_acc, new_acc),
         "num_base": len(base), "num_new": len(new), "n_test_base": len(test_b), "n_test_new": len(test_n),
-        "fit_seconds": round(fit_s, 4), "meta": _jsonable(m.fitted_meta()), "kshot": __version__,
+        "fit_seconds": round(fit_s, 4), "meta": jsonable(m.fitted_meta()), "kshot": __version__,
         "torch": torch.__version__,
     }
 
@@ -283,13 +283,3 @@ def plot_bars(records: Sequence[dict[str, Any]], path: str | Path, title: str) -
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def _jsonable(value: Any) -> Any:
-    import json
-
-    try:
-        json.dumps(value)
-        return value
-    except TypeError:
-        return str(value)

@@ -141,7 +141,7 @@ def run_cell(inputs: FewShotInputs, method: str, shots: int, seed: int, override
         "top1": metrics["top1"], "top5": metrics["top5"], "mean_per_class": metrics["mean_per_class"],
         "per_domain": {d: v["top1"] for d, v in metrics.get("per_domain", {}).items()},
         "fit_seconds": round(fit_s, 4), "predict_seconds": round(pred_s, 4),
-        "meta": _jsonable(m.fitted_meta()), "kshot": __version__, "torch": torch.__version__,
+        "meta": jsonable(m.fitted_meta()), "kshot": __version__, "torch": torch.__version__,
     }
     return rec, logits
 
@@ -176,7 +176,8 @@ def cached_feature_methods(include_backbone: bool = False) -> list[str]:
     return [e.name for e in METHODS if include_backbone or not getattr(e.obj, "needs_backbone", False)]
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """`value` if JSON can encode it, else its string form (fitted metadata in result records)."""
     try:
         json.dumps(value)
         return value
