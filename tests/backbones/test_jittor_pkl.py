@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from kshot.backbones.jittor_pkl import MAGIC, loads_weights, read_jittor_pkl, save_jittor_pkl, strip_trailer
+from kshot.backbones.jittor_pkl import (
+    MAGIC,
+    loads_weights,
+    read_jittor_artifact,
+    read_jittor_pkl,
+    save_jittor_pkl,
+    strip_trailer,
+)
 from kshot.errors import CheckpointError
 
 from .conftest import fake_jittor, jittor_bytes
@@ -208,8 +215,21 @@ def test_writer_round_trip_and_plain_pickle_compatibility(tmp_path: Path) -> Non
 
 
 def test_writer_rejects_non_arrays(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="must map a str to a numpy array"):
+    with pytest.raises(CheckpointError, match="is a list; only numeric numpy arrays"):
         save_jittor_pkl({"w": [1.0, 2.0]}, tmp_path / "x.pkl")  # type: ignore[dict-item]
+    with pytest.raises(CheckpointError, match="is not a str"):
+        save_jittor_pkl({3: np.zeros(2)}, tmp_path / "x.pkl")  # type: ignore[dict-item]
     with pytest.raises(CheckpointError, match="not a plain numeric type"):
         save_jittor_pkl({"w": np.array(["a"])}, tmp_path / "x.pkl")
     assert not (tmp_path / "x.pkl").exists()
+
+
+def test_artifact_scalars_round_trip_and_weights_reader_refuses_them(tmp_path: Path) -> None:
+    doc = {"kshot_format": "method/1", "alpha": 1.5, "k": 7, "flag": True, "w": np.arange(6, dtype=np.float32)}
+    path = save_jittor_pkl(doc, tmp_path / "a.pkl")
+    back = read_jittor_artifact(path)
+    assert back["kshot_format"] == "method/1" and back["alpha"] == 1.5 and back["k"] == 7 and back["flag"] is True
+    np.testing.assert_array_equal(back["w"], doc["w"])
+    assert pickle.loads(strip_trailer(path.read_bytes()))["alpha"] == 1.5  # what jt.load does
+    with pytest.raises(CheckpointError, match="entry 'kshot_format' is a str, not an array"):
+        read_jittor_pkl(path)

@@ -253,8 +253,10 @@ def strip_trailer(blob: bytes, path: str | os.PathLike[str] = "<bytes>") -> byte
     return payload
 
 
-def loads_weights(payload: bytes, path: str | os.PathLike[str] = "<bytes>") -> dict[str, np.ndarray]:
-    """Unpickle a weights payload (no trailer) with the allowlist; return {name: numeric numpy array}."""
+def loads_weights(payload: bytes, path: str | os.PathLike[str] = "<bytes>", scalars: bool = False
+                  ) -> dict[str, Any]:
+    """Unpickle a weights payload (no trailer) with the allowlist; return {name: numeric numpy array} (with
+    `scalars`, plain str/int/float/bool values are kept too, as in kshot's method and PackNet exports)."""
     try:
         obj = _WeightsUnpickler(io.BytesIO(payload)).load()
     except _Refused as e:
@@ -266,10 +268,10 @@ def loads_weights(payload: bytes, path: str | os.PathLike[str] = "<bytes>") -> d
             MemoryError, RecursionError, struct.error, UnicodeDecodeError) as e:
         reason = f"{type(e).__name__}: {e}"
         raise CheckpointError(f"{path}: not a readable pickle (truncated or corrupt?): {reason}") from None
-    return _as_state(obj, path)
+    return _as_state(obj, path, scalars)
 
 
-def _as_state(obj: Any, path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+def _as_state(obj: Any, path: str | os.PathLike[str], scalars: bool = False) -> dict[str, Any]:
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
@@ -278,6 +280,9 @@ def _as_state(obj: Any, path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     for key, value in obj.items():
         if not isinstance(key, str):
             raise CheckpointError(f"{path}: weight names must be strings, found {key!r}")
+        if scalars and isinstance(value, (str, int, float, bool)):
+            out[key] = value
+            continue
         if not isinstance(value, np.ndarray):
             raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not an array")
         try:
@@ -313,6 +318,16 @@ def read_jittor_pkl(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     return loads_weights(strip_trailer(blob, p), p)
 
 
+def read_jittor_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Like `read_jittor_pkl`, but also keeps plain str/int/float/bool values (kshot's method/PackNet exports)."""
+    p = Path(path)
+    try:
+        blob = p.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{p}: cannot read: {e}") from None
+    return loads_weights(strip_trailer(blob, p), p, scalars=True)
+
+
 # ---------------------------------------------------------------------------------------------- writer (opcodes)
 def _op_str(s: str) -> bytes:
     raw = s.encode("utf-8")
@@ -345,25 +360,42 @@ def _op_array(a: np.ndarray) -> bytes:
     )
 
 
-def save_jittor_pkl(state: Mapping[str, np.ndarray], path: str | os.PathLike[str]) -> Path:
-    """Write {name: array} the way `jt.save` does: pickle (protocol 4) + SHA-1 + `HCAJSLHD`; `jt.load` reads it.
-
-    Arrays keep their dtype (cast to float32 first for JCLIP, which converts with `.float()`). The file is written to a
-    temporary name and renamed, so a crash never leaves a partial checkpoint.
-
-    Raises:
-        CheckpointError: a key is not a string or a value is not a numeric numpy array.
-    """
-    p = Path(path)
-    parts: list[bytes] = [b"\x80\x04}"]  # PROTO 4, EMPTY_DICT
-    for key, value in state.items():
-        if not isinstance(key, str) or not isinstance(value, np.ndarray):
-            raise CheckpointError(f"save_jittor_pkl: entry {key!r} must map a str to a numpy array")
+def _op_value(key: str, value: Any) -> bytes:
+    """Opcodes of one dict value: a numeric numpy array, or (for artifact metadata) a str, int, float or bool."""
+    if isinstance(value, np.ndarray):
         try:
             _check_dtype(value.dtype)
         except _Refused as e:
             raise CheckpointError(f"save_jittor_pkl: entry {key!r}: {e}") from None
-        parts.append(_op_str(key) + _op_array(np.array(value, dtype=value.dtype.newbyteorder("<"), order="C")) + b"s")
+        return _op_array(np.array(value, dtype=value.dtype.newbyteorder("<"), order="C"))
+    if isinstance(value, bool):
+        return b"\x88" if value else b"\x89"  # NEWTRUE / NEWFALSE
+    if isinstance(value, str):
+        return _op_str(value)
+    if isinstance(value, int) and -(2**31) <= value < 2**31:
+        return _op_int(value)
+    if isinstance(value, float):
+        return b"G" + struct.pack(">d", value)  # BINFLOAT
+    raise CheckpointError(f"save_jittor_pkl: entry {key!r} is a {type(value).__name__}; only numeric numpy arrays, "
+                          "str, bool, 32-bit int and float values are written")
+
+
+def save_jittor_pkl(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write {name: array} the way `jt.save` does: pickle (protocol 4) + SHA-1 + `HCAJSLHD`; `jt.load` reads it.
+
+    Arrays keep their dtype (cast to float32 first for JCLIP, which converts with `.float()`). Method and PackNet
+    exports also carry a few str/int/float/bool values (format tag, JSON config); weight files hold arrays only. The
+    file is written to a temporary name and renamed, so a crash never leaves a partial checkpoint.
+
+    Raises:
+        CheckpointError: a key is not a string, or a value is neither a numeric numpy array nor a plain scalar.
+    """
+    p = Path(path)
+    parts: list[bytes] = [b"\x80\x04}"]  # PROTO 4, EMPTY_DICT
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"save_jittor_pkl: key {key!r} is not a str")
+        parts.append(_op_str(key) + _op_value(key, value) + b"s")
     parts.append(b".")
     payload = b"".join(parts)
     p.parent.mkdir(parents=True, exist_ok=True)
