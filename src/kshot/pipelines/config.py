@@ -27,8 +27,8 @@ from kshot.text.templates import DEFAULT_TEMPLATE
 
 log = logging.getLogger(__name__)
 
-#: Folder of the shipped pipeline configs (repository checkout / editable install).
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "pipelines"
+#: Folder of the shipped pipeline configs (package data; `configs/` at the repository root links here).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "pipelines"
 SHOT_PICKS = ("seeded", "first")
 NORMALIZERS = ("none", "softmax", "log_softmax")
 
