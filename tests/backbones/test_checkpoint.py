@@ -97,3 +97,14 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         read_state_dict(tmp_path / "nope.pt")
     with pytest.raises(CheckpointError, match="not a file"):
         read_state_dict(tmp_path)
+
+
+def test_fp16_jittor_pkl_is_widened_with_a_note(vit_files: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="kshot.backbones.checkpoint"):
+        state = read_state_dict(vit_files["fp16_numpy.pkl"])
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    assert any("are fp16; they are widened" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="kshot.backbones.checkpoint"):
+        read_state_dict(vit_files["jclip_torch.pkl"])  # fp32: no note
+    assert not any("fp16" in r.getMessage() for r in caplog.records)

@@ -22,6 +22,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from kshot.errors import CheckpointError
@@ -141,7 +142,12 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     elif kind == "safetensors":
         state = _safetensors_state(p)
     elif kind == "jittor_pkl":
-        state = {k: torch.from_numpy(v.copy()) for k, v in read_jittor_pkl(p).items()}
+        arrays = read_jittor_pkl(p)
+        half = sum(v.dtype == np.float16 for v in arrays.values())
+        if half:
+            logger.warning("%s: %d of %d arrays are fp16; they are widened to the model's float32 on load (values "
+                           "unchanged)", p, half, len(arrays))
+        state = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
     else:
         state = _torch_load(p)
     state = _unwrap(state, p)
