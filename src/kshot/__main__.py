@@ -1,3 +1,6 @@
+"""`python -m kshot` (and `torchrun ... -m kshot`): the `kshot` command."""
+
 from kshot.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned worker re-imports the main module
+    main()

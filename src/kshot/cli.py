@@ -25,11 +25,22 @@ CacheOpt = typer.Option(None, "--cache", help="Feature cache folder (default $KS
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available).")
 
 
-def _store(cache: Optional[Path], device: Optional[str], batch_size: int = 128, workers: Optional[int] = None):
-    from kshot.features import ExtractConfig, FeatureStore, default_cache_dir
+def _store(cache: Optional[Path], device: Optional[str], batch_size: int = 128, workers: Optional[int] = None, *,
+           chunk: Optional[int] = None, progress: bool = True, **extract_options):
+    """The feature store of a command; `extract_options` are further ExtractConfig fields (only those set)."""
+    import dataclasses
 
-    return FeatureStore(cache or default_cache_dir(),
-                        extract=ExtractConfig(batch_size=batch_size, num_workers=workers, device=device))
+    from kshot.errors import ConfigError
+    from kshot.features import ExtractConfig, FeatureStore, default_cache_dir
+    from kshot.features.cache import DEFAULT_CHUNK
+
+    known = {f.name for f in dataclasses.fields(ExtractConfig)}
+    unknown = sorted(k for k in extract_options if k not in known)
+    if unknown:
+        raise ConfigError(f"this kshot build's extractor has no setting {', '.join(unknown)} "
+                          f"(ExtractConfig fields: {', '.join(sorted(known))})")
+    cfg = ExtractConfig(batch_size=batch_size, num_workers=workers, device=device, progress=progress, **extract_options)
+    return FeatureStore(cache or default_cache_dir(), chunk=chunk or DEFAULT_CHUNK, extract=cfg)
 
 
 def _load_backbone(spec: str, device: Optional[str]):
@@ -48,20 +59,53 @@ def extract(
     split: str = typer.Option("train", help="train | val | test | testA | testB (layout-dependent)."),
     views: int = typer.Option(0, help="Augmented views per image to cache as well."),
     augment: str = typer.Option("tip", help="Augmentation policy for --views: tip | seed002."),
-    batch_size: int = typer.Option(128, help="Images per forward pass."),
-    workers: Optional[int] = typer.Option(None, help="Decoding worker processes (default: automatic)."),
+    batch_size: int = typer.Option(128, min=1, help="Images per forward pass."),
+    workers: Optional[int] = typer.Option(None, min=0, help="Decoding worker processes (default: automatic)."),
     cache: Optional[Path] = CacheOpt,
     device: Optional[str] = DeviceOpt,
+    chunk: Optional[int] = typer.Option(None, "--chunk", min=1, help="Items per resumable part file (default 8192): "
+                                        "the unit of crash-resume and of sharding over ranks."),
+    decode: str = typer.Option("auto", "--decode", help="Where images are decoded: auto | gpu (nvJPEG) | cpu "
+                               "(worker processes) | pil."),
+    image_cache: Optional[Path] = typer.Option(None, "--image-cache", help="Folder of decoded uint8 images, reused "
+                                               "by later runs and other backbones of the same input geometry "
+                                               "(augmented views always decode from the files)."),
+    compile_model: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the image encoder "
+                                       "(falls back to eager if compiling fails)."),
+    distributed: Optional[bool] = typer.Option(None, "--distributed/--no-distributed", help="Shard the work over "
+                                               "torchrun ranks (RANK, WORLD_SIZE, LOCAL_RANK); default: on when "
+                                               "launched by torchrun. See docs/scale-out.md."),
 ) -> None:
-    """Compute and cache image features of a dataset (reused by every later command)."""
+    """Compute and cache image features of a dataset (reused by every later command).
+
+    Several GPUs or nodes: `torchrun --nproc-per-node N -m kshot extract DATA ...` (the cache folder shared by all
+    nodes). A re-run after a crash computes only the missing parts.
+    """
     from kshot.data.sources import load_dataset
     from kshot.features import AugmentPolicy
+    from kshot.features.distributed import process_group, rank_device, shard_from_env
 
-    ds = load_dataset(data, layout=layout, split=split)
-    bb = _load_backbone(backbone, device)
-    store = _store(cache, device, batch_size, workers)
+    decoders = ("auto", "gpu", "cpu", "pil")
+    if decode not in decoders:
+        raise typer.BadParameter(f"{decode!r} is not one of {', '.join(decoders)}", param_hint="'--decode'")
+    if image_cache is not None and image_cache.exists() and not image_cache.is_dir():
+        raise typer.BadParameter(f"{image_cache} exists and is not a folder", param_hint="'--image-cache'")
+    shard = None if distributed is False else shard_from_env(required=distributed is True)
+    dev = rank_device(shard, device) if shard is not None else device
+    options = {k: v for k, v in (("decode", decode), ("image_cache", image_cache), ("compile", compile_model))
+               if v not in ("auto", None, False)}  # only what differs from ExtractConfig's defaults
     policy = AugmentPolicy(augment, views) if views else AugmentPolicy()
-    fs = store.get(bb, ds, policy, name=f"{ds.name}/{split}")
+    rank = "" if shard is None else f"rank {shard.rank}/{shard.world}: "
+    with process_group(shard, dev or "cpu"):
+        ds = load_dataset(data, layout=layout, split=split)
+        bb = _load_backbone(backbone, dev)
+        store = _store(cache, dev, batch_size, workers, chunk=chunk, progress=shard is None or shard.rank == 0,
+                       **options)
+        fs = store.get(bb, ds, policy, name=f"{ds.name}/{split}", shard=shard)
+    if shard is not None and not store.last_hit:
+        console.print(f"{rank}computed {len(store.last_computed)} of {store.last_parts} parts")
+    if shard is not None and shard.rank != 0:
+        return
     where = store.entry_dir(bb, ds, policy)
     console.print(f"{'reused' if store.last_hit else 'cached'} {len(fs)} x {fs.dim} features "
                   f"({policy.views} augmented views) in {where}")
@@ -338,6 +382,26 @@ def demo(
     from kshot.demo import run_demo
 
     run_demo(out, seed=seed, all_methods=all_methods, cache=cache)
+
+
+@app.command()
+def export(
+    source: Optional[Path] = typer.Argument(None, help="A `kshot fit` folder or a continual checkpoint folder."),
+    fmt: str = typer.Option("jittor", "--format", help="Output format: jittor (a jt.load-able .pkl)."),
+    out: Path = typer.Option(..., "--out", "-o", help="File to write (.pkl)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Export this CLIP backbone's weights "
+                                           "(JCLIP key names) instead of an artifact."),
+) -> None:
+    """Export a fitted method, a continual run's weights/masks/heads, or CLIP weights for Jittor users."""
+    from kshot.errors import ConfigError
+    from kshot.interop.export import FORMATS, export_jittor
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; supported: {', '.join(FORMATS)}")
+    bb = _load_backbone(backbone, "cpu") if backbone else None
+    res = export_jittor(out, source=source, backbone=bb)
+    console.print(f"wrote {res.path} ({res.kind}, {res.arrays} arrays, {res.nbytes / 2**20:.1f} MiB); "
+                  f"load it in Jittor with jt.load('{res.path.name}')")
 
 
 SUBCOMMANDS = {

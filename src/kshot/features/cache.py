@@ -1,14 +1,22 @@
-"""On-disk feature cache: safetensors shards + a JSON manifest, keyed by everything that changes the features.
+"""On-disk feature cache: safetensors parts + a JSON manifest, keyed by everything that changes the features.
 
 Key = hash(format version, backbone fingerprint (architecture + weights + preprocessing), dataset root, item list
 (path, label, file size, mtime), augmentation policy and views). A changed key is a different cache entry, so a cache
 is never silently stale; a rerun with the same key reuses it.
 
 Layout of one entry `<root>/<key>/`:
-  * ``part-<view>-<chunk>.safetensors`` — features of one chunk of items for one view, each written atomically
-    (temp file + rename) as soon as it is computed; an interrupted run resumes from the parts already on disk;
+  * ``part-<view>-<chunk>.safetensors`` — `features` [stop - start, D] of one chunk of items for one view (`base` or
+    the augmented view number), written atomically (temp file + rename) as soon as it is computed. Its safetensors
+    metadata carries the entry key, backbone fingerprint, FORMAT_VERSION, view, item range [start, stop), the rank
+    that wrote it and the unreadable images it met. An interrupted run resumes from the parts on disk; a part whose
+    metadata does not match (another model, chunk size or format; torn) is recomputed with a warning, never joined.
   * ``features.safetensors`` — the joined result (`features` [N, D], `labels` [N], optional `aug` [V, N, D]);
-  * ``manifest.json`` — written last: the key fields, shapes and the unreadable images that were skipped.
+  * ``manifest.json`` — written last: the key fields, shapes, which rank wrote each part and the skipped images.
+The parts are deleted once the manifest is written.
+
+Parts are the unit of sharding: with a `Shard` (kshot.features.distributed) rank r computes parts r, r + W, ... and
+rank 0 joins them (see docs/scale-out.md). Memory is bounded: extraction streams one chunk at a time, and the join
+needs the output tensors plus one part.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +37,12 @@ from kshot.backbones.base import Backbone
 from kshot.data.dataset import Dataset
 from kshot.errors import CacheError
 from kshot.features.augment import AugmentPolicy
+from kshot.features.distributed import Shard
 from kshot.features.extract import ExtractConfig, extract_features
 from kshot.features.featureset import FeatureSet
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: part files carry metadata (entry, fingerprint, format, view, range, rank, bad images)
 DEFAULT_CHUNK = 8192
 
 
@@ -69,16 +79,20 @@ def cache_key(backbone: Backbone, dataset: Dataset, policy: AugmentPolicy) -> tu
     return key, fields
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _tmp_path(path: Path) -> Path:
+    return path.parent / f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}"
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    tmp = _tmp_path(path)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
 
 def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp = _tmp_path(path)
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -95,14 +109,78 @@ def _try_load(path: Path) -> dict[str, torch.Tensor] | None:
         return None
 
 
+@dataclass(frozen=True)
+class Part:
+    """One resumable unit: items [start, stop) of one view.
+
+    Attributes:
+        number: position in view-major order (base view first); rank `number % world` computes it.
+        view: None for the un-augmented view, else the augmented view index.
+        start, stop: item range.
+        path: the part file.
+    """
+
+    number: int
+    view: int | None
+    start: int
+    stop: int
+    path: Path
+
+    @property
+    def view_label(self) -> str:
+        return "base" if self.view is None else str(self.view)
+
+    def expected(self, key: str, fingerprint: str) -> dict[str, str]:
+        """The metadata a valid part file carries (all strings, as safetensors stores them)."""
+        return {"entry": key, "fingerprint": fingerprint, "format": str(FORMAT_VERSION), "view": self.view_label,
+                "start": str(self.start), "stop": str(self.stop)}
+
+
+def plan_parts(entry: Path, n: int, chunk: int, views: int) -> list[Part]:
+    """Every part of an entry of `n` items, `chunk` items per part, base view then `views` augmented views."""
+    out: list[Part] = []
+    for view in [None, *range(views)]:
+        for start in range(0, n, chunk):
+            label = "base" if view is None else str(view)
+            out.append(Part(len(out), view, start, min(n, start + chunk),
+                            entry / f"part-{label}-{start // chunk:05d}.safetensors"))
+    return out
+
+
+def check_part(part: Part, key: str, fingerprint: str, dim: int) -> str | None:
+    """None when `part.path` is a valid part of this entry, else why not ('missing', or what does not match).
+
+    Reads only the safetensors header (metadata and shapes), not the features.
+    """
+    from safetensors import safe_open
+
+    if not part.path.is_file():
+        return "missing"
+    try:
+        with safe_open(str(part.path), "pt") as f:
+            meta = f.metadata() or {}
+            shape = list(f.get_slice("features").get_shape())
+    except Exception as e:  # torn, foreign or no 'features' tensor
+        return f"unreadable ({type(e).__name__}: {e})"
+    for field, want in part.expected(key, fingerprint).items():
+        if meta.get(field) != want:
+            return f"metadata {field}={meta.get(field)!r}, expected {want!r}"
+    if shape != [part.stop - part.start, dim]:
+        return f"features shape {shape}, expected {[part.stop - part.start, dim]}"
+    return None
+
+
 @dataclass
 class FeatureStore:
     """Feature cache rooted at `root`.
 
     Attributes:
         root: cache directory (created on demand).
-        chunk: items per resumable part file.
+        chunk: items per resumable part file (the unit of resuming and of sharding over ranks).
         extract: extraction settings.
+
+    After `get`: `last_hit` (True when the result came entirely from a joined entry), `last_computed` (names of the
+    parts this process computed) and `last_parts` (number of parts in the entry; 0 on a hit).
     """
 
     root: Path
@@ -111,69 +189,136 @@ class FeatureStore:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
+        if self.chunk < 1:
+            raise CacheError(f"chunk must be >= 1 items per part, got {self.chunk}")
         self.extract = self.extract or ExtractConfig()
         self.last_hit: bool | None = None
+        self.last_computed: list[str] = []
+        self.last_parts = 0
 
     def entry_dir(self, backbone: Backbone, dataset: Dataset, policy: AugmentPolicy = AugmentPolicy()) -> Path:
         return self.root / cache_key(backbone, dataset, policy)[0]
 
     def get(self, backbone: Backbone, dataset: Dataset, policy: AugmentPolicy = AugmentPolicy(),
-            name: str = "features") -> FeatureSet:
+            name: str = "features", shard: Shard | None = None) -> FeatureSet:
         """Features of every item of `dataset` (+ `policy.views` augmented views), from cache or computed.
 
-        Sets `self.last_hit` to True when the result came entirely from the cache.
+        Args:
+            backbone, dataset, policy: what to encode (all part of the cache key).
+            name: label of the progress bar.
+            shard: this process's share when several ranks fill one entry (default: one process does all). Rank r
+                computes its parts, waits for the others, rank 0 joins, every rank returns the joined features.
+
+        Raises:
+            CacheError: a rank waited `shard.timeout` seconds (0: not at all) and parts were still missing; the
+                message names them. The parts on disk are kept for the next run.
         """
+        shard = shard or Shard()
         key, fields = cache_key(backbone, dataset, policy)
         entry = self.root / key
-        manifest_path = entry / "manifest.json"
-        if manifest_path.is_file():
-            fs = self._load_entry(entry, dataset)
+        self.last_computed, self.last_parts = [], 0
+        if (entry / "manifest.json").is_file():
+            fs = self._load_entry(entry, dataset, repair=shard.rank == 0)
             if fs is not None:
                 self.last_hit = True
                 return fs
         self.last_hit = False
         entry.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        n = len(dataset)
-        views: list[int | None] = [None] + list(range(policy.views))
-        per_view: list[torch.Tensor] = []
+        dim, fp = backbone.embed_dim, backbone.fingerprint
+        parts = plan_parts(entry, len(dataset), self.chunk, policy.views)
+        self.last_parts = len(parts)
+        for part in parts:
+            if shard.owns(part.number):
+                problem = check_part(part, key, fp, dim)
+                if problem is not None:
+                    if problem != "missing":
+                        log.warning("recomputing cache part %s: %s", part.path, problem)
+                    self._compute_part(backbone, dataset, policy, part, key, shard, name)
+
+        def missing_parts() -> list[str]:
+            return [f"{p.path.name} (rank {p.number % shard.world})" for p in parts
+                    if check_part(p, key, fp, dim) is not None]
+
+        if shard.has_group:
+            shard.barrier()  # every rank has written its parts
+        if shard.rank != 0:
+            if shard.has_group:
+                shard.barrier()  # rank 0 has joined them
+            else:
+                shard.wait_until(lambda: [] if (entry / "manifest.json").is_file()
+                                 else missing_parts() or ["manifest.json (rank 0 joins the parts)"],
+                                 f"the joined entry {entry}")
+            if not (entry / "manifest.json").is_file():
+                raise CacheError(f"rank {shard.rank}: rank 0 did not finish joining {entry} (see its error)")
+            fs = self._load_entry(entry, dataset, repair=False)
+            if fs is None:
+                raise CacheError(f"rank {shard.rank}: the entry {entry} rank 0 joined is unreadable")
+            return fs
+        try:
+            if shard.has_group:
+                left = missing_parts()
+                if left:
+                    raise CacheError(f"{entry}: after every rank finished, parts are missing or invalid: "
+                                     f"{', '.join(left)}; with several nodes the cache folder must be on a "
+                                     "filesystem all nodes share")
+            else:
+                shard.wait_until(missing_parts, f"parts of {entry} computed by other ranks")
+            fs = self._join(entry, key, fields, dataset, backbone, policy, parts, t0)
+        finally:
+            if shard.has_group:
+                shard.barrier()  # release the other ranks (they fail on a missing manifest if the join failed)
+        return fs
+
+    def _compute_part(self, backbone: Backbone, dataset: Dataset, policy: AugmentPolicy, part: Part, key: str,
+                      shard: Shard, name: str) -> None:
+        desc = name + ("" if part.view is None else f" view {part.view + 1}/{policy.views}")
+        if shard.world > 1:
+            desc += f" [rank {shard.rank}/{shard.world}]"
+        res = extract_features(backbone, dataset, range(part.start, part.stop), self.extract, policy, part.view, desc)
+        meta = dict(part.expected(key, backbone.fingerprint), rank=str(shard.rank), world=str(shard.world),
+                    host=socket.gethostname(), bad=json.dumps([[int(i), str(r)] for i, r in res.bad]))
+        _atomic_save({"features": res.features}, part.path, meta)
+        self.last_computed.append(part.path.name)
+
+    def _join(self, entry: Path, key: str, fields: dict[str, Any], dataset: Dataset, backbone: Backbone,
+              policy: AugmentPolicy, parts: list[Part], t0: float) -> FeatureSet:
+        """Copy every part into preallocated outputs (one part in memory at a time), save, write the manifest."""
+        from safetensors import safe_open
+
+        n, dim = len(dataset), backbone.embed_dim
+        features = torch.zeros(n, dim)
+        aug = torch.zeros(policy.views, n, dim) if policy.views else None
         bad: dict[int, str] = {}
-        for view in views:
-            chunks = []
-            for start in range(0, n, self.chunk):
-                stop = min(n, start + self.chunk)
-                part = entry / f"part-{'base' if view is None else view}-{start // self.chunk:05d}.safetensors"
-                data = _try_load(part)
-                if data is None or data["features"].shape[0] != stop - start:
-                    desc = f"{name}" + ("" if view is None else f" view {view + 1}/{policy.views}")
-                    res = extract_features(backbone, dataset, range(start, stop), self.extract, policy, view, desc)
-                    data = {"features": res.features,
-                            "bad": torch.tensor([i for i, _ in res.bad] or [-1], dtype=torch.int64)}
-                    _atomic_save(data, part)
-                    for i, reason in res.bad:
-                        bad[i] = reason
-                else:
-                    for i in data["bad"].tolist():
-                        if i >= 0:
-                            bad.setdefault(i, "unreadable (recorded in a previous run)")
-                chunks.append(data["features"])
-            per_view.append(torch.cat(chunks) if chunks else torch.zeros(0, backbone.embed_dim))
-        labels = torch.as_tensor(dataset.labels)
-        tensors = {"features": per_view[0], "labels": labels}
-        if policy.views:
-            tensors["aug"] = torch.stack(per_view[1:])
-        _atomic_save(tensors, entry / "features.safetensors")
-        manifest = dict(fields, n=n, dim=int(per_view[0].shape[1]), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                        seconds=round(time.time() - t0, 3),
+        written_by: dict[str, int] = {}
+        for part in parts:
+            with safe_open(str(part.path), "pt") as f:
+                meta = f.metadata() or {}
+                if any(meta.get(k) != v for k, v in part.expected(key, backbone.fingerprint).items()):
+                    raise CacheError(f"{part.path} changed while joining (metadata {meta}); re-run")
+                target = features if part.view is None else aug[part.view]  # type: ignore[index]
+                target[part.start:part.stop] = f.get_tensor("features")
+            for i, reason in json.loads(meta.get("bad", "[]")):
+                bad.setdefault(int(i), reason)
+            written_by[part.path.name] = int(meta.get("rank", 0))
+        tensors = {"features": features, "labels": torch.as_tensor(dataset.labels)}
+        if aug is not None:
+            tensors["aug"] = aug
+        _atomic_save(tensors, entry / "features.safetensors",
+                     {"entry": key, "fingerprint": backbone.fingerprint, "format": str(FORMAT_VERSION)})
+        manifest = dict(fields, n=n, dim=dim, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                        seconds=round(time.time() - t0, 3), parts=written_by,
                         skipped=[{"path": dataset.items[i].path, "reason": r} for i, r in sorted(bad.items())])
-        _atomic_write_text(json.dumps(manifest, indent=2), manifest_path)
-        for part in entry.glob("part-*.safetensors"):
-            part.unlink()
+        _atomic_write_text(json.dumps(manifest, indent=2), entry / "manifest.json")
+        for leftover in entry.glob("part-*"):  # joined parts and temp files of killed ranks
+            leftover.unlink(missing_ok=True)
         if bad:
-            log.warning("%d unreadable images were skipped (zero features); listed in %s", len(bad), manifest_path)
+            log.warning("%d unreadable images were skipped (zero features); listed in %s", len(bad),
+                        entry / "manifest.json")
         return self._to_featureset(tensors, dataset, bad)
 
-    def _load_entry(self, entry: Path, dataset: Dataset) -> FeatureSet | None:
+    def _load_entry(self, entry: Path, dataset: Dataset, repair: bool = True) -> FeatureSet | None:
+        """The joined entry, or None when it is incomplete (`repair`: then drop its manifest so it is rebuilt)."""
         try:
             manifest = json.loads((entry / "manifest.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
@@ -181,7 +326,8 @@ class FeatureStore:
         tensors = _try_load(entry / "features.safetensors")
         if tensors is None or tensors["features"].shape[0] != manifest.get("n") or manifest.get("n") != len(dataset):
             log.warning("cache entry %s is incomplete or inconsistent with its manifest; rebuilding", entry)
-            (entry / "manifest.json").unlink()
+            if repair:
+                (entry / "manifest.json").unlink(missing_ok=True)
             return None
         path_to_i = {it.path: i for i, it in enumerate(dataset.items)}
         bad = {path_to_i[s["path"]]: s["reason"] for s in manifest.get("skipped", []) if s["path"] in path_to_i}
