@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(1)  # tiny ops: extra threads only spin-wait (and stall on a shared box)
+
+# The Jittor tests run Jittor in its own interpreter (it needs numpy<2); the README's test command makes one in
+# .venv-jittor. Without one they are skipped, with the reason.
+_JITTOR_VENV = Path(__file__).resolve().parents[1] / ".venv-jittor" / "bin" / "python"
+if "KSHOT_JITTOR_PYTHON" not in os.environ and _JITTOR_VENV.is_file():
+    os.environ["KSHOT_JITTOR_PYTHON"] = str(_JITTOR_VENV)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

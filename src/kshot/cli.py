@@ -181,15 +181,24 @@ def predict(
     result_txt: Optional[Path] = typer.Option(None, "--result-txt", help="Also write the challenge's result.txt."),
     cache: Optional[Path] = CacheOpt,
     device: Optional[str] = DeviceOpt,
+    backend: str = typer.Option("torch", "--backend", help="torch, or jittor: image/text towers and the head run in "
+                                "Jittor (optional; see `pip install kshot[jittor]` / $KSHOT_JITTOR_PYTHON)."),
+    jittor_python: Optional[str] = typer.Option(None, "--jittor-python", help="Python with jittor installed."),
+    jittor_device: str = typer.Option("cpu", "--jittor-device", help="Jittor device: cpu or cuda."),
 ) -> None:
     """Predict top-k classes with a fitted artifact, or zero-shot."""
     from kshot import workflow as wf
     from kshot.data.sources import load_dataset
-    from kshot.eval.predictions import Predictions
-    from kshot.eval.result_file import write_result_txt
     from kshot.methods import Task, create, load
 
+    if backend not in ("torch", "jittor"):
+        raise KshotError(f"--backend must be torch or jittor, not {backend!r}")
     ds = load_dataset(data, layout=layout, split=split)
+    if backend == "jittor":
+        fs, logits = _predict_jittor(ds, artifact, method, classes, backbone, templates, prompts, jittor_python,
+                                     jittor_device)
+        _write_predictions(fs, logits, ds, k, out, result_txt)
+        return
     if artifact is not None:
         info = json.loads((artifact / "task.json").read_text())
         m = load(artifact)
@@ -215,7 +224,37 @@ def predict(
         m = create("zeroshot").fit(Task(train=empty, classnames=class_ds.classnames, text_weights=tw,
                                         logit_scale=bb.logit_scale))
     fs = _store(cache, device).get(bb, ds, name=f"{ds.name}/{split}")
-    logits = wf.predict_logits(m, fs)
+    _write_predictions(fs, wf.predict_logits(m, fs), ds, k, out, result_txt)
+
+
+def _predict_jittor(ds, artifact, method, classes, backbone, templates, prompts, python, device):
+    """(features, logits) with the Jittor backend: a fitted artifact's head, or zero-shot."""
+    from kshot import workflow as wf
+    from kshot.data.sources import load_dataset
+    from kshot.jittor_backend.predict import predict_jittor
+    from kshot.methods import load
+
+    if artifact is not None:
+        info = json.loads((artifact / "task.json").read_text())
+        bb = _load_backbone(info["backbone"], "cpu")
+        if bb.fingerprint != info["fingerprint"]:
+            raise KshotError(f"{artifact} was fitted on backbone {info['fingerprint']} but {info['backbone']} now "
+                             f"loads as {bb.fingerprint} (weights or preprocessing changed)")
+        return predict_jittor(bb, ds, load(artifact), python=python, device=device)
+    if method != "zeroshot":
+        raise KshotError(f"--method {method} needs a fitted --artifact (run `kshot fit` first)")
+    bb = _load_backbone(backbone, "cpu")
+    class_ds = load_dataset(classes, layout="auto", split="train") if classes else ds
+    if not class_ds.classnames:
+        raise KshotError("no class list: pass --classes with a labelled dataset or a challenge root")
+    return predict_jittor(bb, ds, None, classnames=class_ds.classnames, text_spec=wf.prompt_spec_for(
+        class_ds, templates, prompts), class_domains=class_ds.class_domains, python=python, device=device)
+
+
+def _write_predictions(fs, logits, ds, k, out, result_txt) -> None:
+    from kshot.eval.predictions import Predictions
+    from kshot.eval.result_file import write_result_txt
+
     preds = Predictions.from_logits(fs.paths, logits, k)
     preds.write_csv(out)
     console.print(f"wrote {len(preds.paths)} predictions -> {out}")
@@ -402,6 +441,15 @@ def export(
     res = export_jittor(out, source=source, backbone=bb)
     console.print(f"wrote {res.path} ({res.kind}, {res.arrays} arrays, {res.nbytes / 2**20:.1f} MiB); "
                   f"load it in Jittor with jt.load('{res.path.name}')")
+
+
+def _mount_commands() -> None:
+    from kshot.interop.cli import align
+
+    app.command("align")(align)
+
+
+_mount_commands()
 
 
 SUBCOMMANDS = {
