@@ -95,3 +95,37 @@ def test_cli_export_method(tmp_path: Path) -> None:
     assert "tip_adapter" in jt_load(out)["method"] and "jt.load" in result.output
     bad = CliRunner().invoke(app, ["export", str(art), "--format", "onnx", "--out", str(out)])
     assert bad.exit_code != 0 and isinstance(bad.exception, ConfigError) and "jittor" in str(bad.exception)
+
+
+def test_backbone_export_round_trips_through_the_jclip_reader(tmp_path: Path) -> None:
+    """`kshot export --backbone`: JCLIP-named float32 arrays that kshot's own .pkl loader turns back into the same
+    model (an OpenAI-layout CLIP: QuickGELU, 64-channel heads, which is what JCLIP infers from shapes)."""
+    from kshot.backbones import load_backbone
+    from kshot.backbones.jittor_pkl import read_jittor_pkl
+
+    from ..backbones.conftest import VIT_CFG, build_clip
+    from ..jittor_backend.helpers import as_backbone
+
+    bb = as_backbone(build_clip(VIT_CFG), "test:vit")
+    res = export_jittor(tmp_path / "vit.pkl", backbone=bb)
+    state = read_jittor_pkl(res.path)
+    assert res.kind == "backbone" and {"visual.conv1.weight", "token_embedding.weight", "text_projection"} <= set(state)
+    assert all(v.dtype == np.float32 for v in state.values())
+    assert json.loads((tmp_path / "vit.pkl.layout.json").read_text())["text_heads"] == 1
+    again = load_backbone(str(res.path), device="cpu")
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(1, 999, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(again.model.encode_image(x), bb.model.encode_image(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(again.model.encode_text(tokens), bb.model.encode_text(tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_toy_clip_export_warns_that_jclip_cannot_infer_its_layout(tmp_path: Path, caplog) -> None:
+    out = tmp_path / "toy.pkl"
+    with caplog.at_level("WARNING", logger="kshot.interop.export"):
+        r = CliRunner().invoke(app, ["export", "--backbone", "toy:clip", "--out", str(out)])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    layout = json.loads((tmp_path / "toy.pkl.layout.json").read_text())
+    assert layout["activation"] == "gelu" and layout["text_heads"] == 4
+    assert any("not in OpenAI's layout" in rec.getMessage() and "4 text heads" in rec.getMessage()
+               for rec in caplog.records)

@@ -5,7 +5,9 @@ Every export is one file written like `jt.save` (pickle protocol 4 + SHA-1 + `HC
 trailer) returns without any kshot or torch code:
 
 * **backbone weights** — `{JCLIP/OpenAI parameter name: float32 array}` only, so JCLIP's
-  `model.load_parameters(jt.load(path))` takes it as it takes a converted `ViT-B-32.pkl`;
+  `model.load_parameters(jt.load(path))` takes it as it takes a converted `ViT-B-32.pkl`; the sizes, head counts and
+  activation go to `<file>.layout.json` beside it (JCLIP infers them from shapes assuming OpenAI's conventions, which
+  a non-OpenAI model such as the toy CLIP does not follow: the export warns then);
 * **a fitted method** (`kshot fit` folder) — `kshot_format="method/1"`, `method` (registered name), `config` and
   `meta` (JSON strings), then every tensor of `method.state_dict()` under its own name (Tip-Adapter's cache keys and
   values, LP++'s weights, linear heads, ...);
@@ -83,11 +85,26 @@ def continual_to_jittor_dict(path: str | Path) -> dict[str, Any]:
     return {**head, **_tensors(tensors, set(head))}
 
 
-def backbone_to_jittor_dict(backbone: Any) -> dict[str, np.ndarray]:
-    """A CLIP `Backbone` -> {JCLIP parameter name: float32 array} (weights only)."""
+def backbone_to_jittor_dict(backbone: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A CLIP `Backbone` -> ({JCLIP parameter name: float32 array}, layout dict: sizes, heads, activation)."""
     from kshot.jittor_backend.weights import jclip_state
 
-    return jclip_state(backbone)[0]
+    state, layout = jclip_state(backbone)
+    return state, layout.to_dict()
+
+
+def openai_layout_problems(layout: Mapping[str, Any]) -> list[str]:
+    """What JCLIP's `build_model` would get wrong when it infers the model from the weights' shapes alone: it
+    assumes QuickGELU and one attention head per 64 channels (OpenAI's convention)."""
+    out = []
+    if layout["activation"] != "quick_gelu":
+        out.append(f"activation {layout['activation']} (JCLIP assumes quick_gelu)")
+    vision_heads = layout["vision_width"] // 64 if layout["vision"] == "vit" else layout["vision_width"] * 32 // 64
+    if layout["vision_heads"] != vision_heads:
+        out.append(f"{layout['vision_heads']} image-tower heads (JCLIP infers {vision_heads})")
+    if layout["text_heads"] != layout["text_width"] // 64:
+        out.append(f"{layout['text_heads']} text heads (JCLIP infers {layout['text_width'] // 64})")
+    return out
 
 
 def save_jittor_artifact(doc: Mapping[str, Any], path: str | Path) -> Path:
@@ -132,7 +149,13 @@ def export_jittor(out: str | Path, source: str | Path | None = None, backbone: A
     if (source is None) == (backbone is None):
         raise ConfigError("export needs exactly one of a source artifact or a backbone")
     if backbone is not None:
-        kind, doc = "backbone", backbone_to_jittor_dict(backbone)
+        kind, (doc, layout) = "backbone", backbone_to_jittor_dict(backbone)
+        sidecar = Path(str(out) + ".layout.json")
+        sidecar.write_text(json.dumps(layout, indent=1))
+        problems = openai_layout_problems(layout)
+        if problems:
+            log.warning("%s is not in OpenAI's layout (%s): JCLIP's build_model cannot infer it from the weights; "
+                        "build the model from %s", backbone.spec, "; ".join(problems), sidecar)
     else:
         src = Path(source)
         if not src.exists():
