@@ -11,6 +11,7 @@ rebuilt or resumed bit-for-bit regardless of batching or worker count.
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -66,8 +67,12 @@ def view_seed(policy: AugmentPolicy, view: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+_RNG_LOCK = threading.Lock()  # torchvision draws from torch's process-wide RNG: one seeded view at a time
+
+
 def apply_view(aug: T.Compose, image: Image.Image, seed: int) -> Image.Image:
-    """Apply `aug` with torch's RNG seeded to `seed`, leaving the caller's RNG state untouched."""
-    with torch.random.fork_rng(devices=[]):
+    """Apply `aug` with torch's RNG seeded to `seed`, leaving the caller's RNG state untouched (thread-safe:
+    torchvision's transforms draw from the global generator, so concurrent views are serialised)."""
+    with _RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return aug(image)
