@@ -1,25 +1,36 @@
 """kshot.backbones: build a model and its preprocessing from a spec string (open_clip, local files, Jittor .pkl, timm,
-the toy CLIP), with a stable fingerprint per loaded model. Start at `load_backbone`."""
+the toy CLIP), with a stable fingerprint per loaded model. Start at `load_backbone`.
 
-from .base import Backbone, PreprocessCfg, hash_state_dict, make_fingerprint
-from .checkpoint import read_state_dict
-from .clip_arch import infer_clip_arch
-from .common import LoadOptions
-from .jittor_pkl import read_jittor_pkl, save_jittor_pkl
-from .loader import BACKBONES, load_backbone
-from .transforms import build_preprocess
+The names below are imported lazily, so `kshot.backbones.jittor_pkl` (numpy only) can be used where torch is absent,
+e.g. in the Jittor worker interpreter.
+"""
 
-__all__ = [
-    "BACKBONES",
-    "Backbone",
-    "LoadOptions",
-    "PreprocessCfg",
-    "build_preprocess",
-    "hash_state_dict",
-    "infer_clip_arch",
-    "load_backbone",
-    "make_fingerprint",
-    "read_jittor_pkl",
-    "read_state_dict",
-    "save_jittor_pkl",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Backbone": "base",
+    "PreprocessCfg": "base",
+    "hash_state_dict": "base",
+    "make_fingerprint": "base",
+    "read_state_dict": "checkpoint",
+    "infer_clip_arch": "clip_arch",
+    "LoadOptions": "common",
+    "read_jittor_pkl": "jittor_pkl",
+    "save_jittor_pkl": "jittor_pkl",
+    "BACKBONES": "loader",
+    "load_backbone": "loader",
+    "build_preprocess": "transforms",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
