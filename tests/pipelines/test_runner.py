@@ -48,7 +48,7 @@ def test_report_covers_stages_routes_rule_and_parameters(toy_run) -> None:
     rep = json.loads((out / "report.json").read_text())
     assert rep["rule"]["compliant"] and "within the shots" in rep["rule"]["detail"]
     names = [s["name"] for s in rep["stages"]]
-    assert names == ["features:clip", "inmap", "lpp", "creature_net", "creatures", "system"]
+    assert names == ["features:clip", "inmap", "lpp", "creature_net", "system"]
     system = rep["stages"][-1]
     routes = system["routes"]["test"]
     assert routes[0]["rows"] == 160 and all(r["rows"] <= 160 for r in routes)

@@ -7,7 +7,7 @@ ranking becomes `result.txt`. Stage kinds (key `type`):
 |---|---|---|
 | `method` | a registered method on one backbone's cached features, over a class group | `MethodStageConfig` |
 | `ensemble` | weighted sum of member stages' logits (seed 004: 0.6 ViT + 0.4 RN101) | `EnsembleStageConfig` |
-| `cascade` | a first ranking; each step re-ranks rows whose current top-1 is in a group | `CascadeStageConfig` |
+| `cascade` | a first ranking; steps re-rank rows whose top-1 (or probed domain) is in a group | `CascadeStageConfig` |
 | `specialist` | an image model fine-tuned on one group's shots (seed 004: dogs) | `SpecialistConfig` |
 
 A stage may only refer to stages defined before it (so there are no cycles). Class groups are strings parsed by
@@ -108,12 +108,30 @@ class EnsembleStageConfig:
     normalize: str = "none"
 
 
+ROUTE_BY = ("top1", "domain_probe")
+
+
 @dataclass(frozen=True)
 class Route:
-    """A cascade step: rows whose current top-1 is in `when` are re-ranked by `stage`."""
+    """A cascade step: the rows `route_by` assigns to the group `when` are re-ranked by `stage`.
+
+    Attributes:
+        when: class group of the step.
+        stage: the stage that re-ranks the caught rows.
+        route_by: "top1" (default; seed 004): rows whose current top-1 class is in `when`. "domain_probe": rows
+            whose domain, predicted by a linear probe fitted on the shots' domains (`kshot.pipelines.router`), is
+            one of `when`'s domains; `when` must then be a single `domain:A[,B]` term.
+        probe_backbone: backbone alias of the probe's features (domain_probe only); None = the pipeline's only one.
+        probe_features: candidate feature views of the probe, the best chosen by cross-validation within the shots:
+            "embedding" (the cached image features) and/or "tokens:<k>" (mean and std of the image tower's tokens
+            after block k). Default ("embedding",).
+    """
 
     when: str
     stage: str
+    route_by: str = "top1"
+    probe_backbone: str | None = None
+    probe_features: tuple[str, ...] = ("embedding",)
 
 
 @dataclass(frozen=True)
@@ -275,8 +293,8 @@ def validate(cfg: PipelineConfig) -> None:
             refs = [m.stage for m in st.members]
         elif isinstance(st, CascadeStageConfig):
             refs = [st.first] + [r.stage for r in st.steps]
-            for r in st.steps:
-                parse_group(r.when, here)
+            for i, r in enumerate(st.steps):
+                _validate_route(cfg, r, f"{here}, step {i} ({r.when!r} -> {r.stage!r})")
         elif isinstance(st, SpecialistConfig):
             parse_group(st.classes, here)
         for r in refs:
@@ -286,3 +304,27 @@ def validate(cfg: PipelineConfig) -> None:
         defined.append(name)
     if cfg.output not in cfg.stages:
         raise ConfigError(f"{where}: output {cfg.output!r} is not a stage; stages: {list(cfg.stages)}")
+
+
+def _validate_route(cfg: PipelineConfig, r: Route, where: str) -> None:
+    terms = parse_group(r.when, where)
+    if r.route_by not in ROUTE_BY:
+        raise ConfigError(f"{where}: unknown route_by {r.route_by!r}; choose one of {ROUTE_BY}")
+    if r.route_by == "top1":
+        if r.probe_backbone is not None or tuple(r.probe_features) != ("embedding",):
+            raise ConfigError(f"{where}: probe_backbone / probe_features only apply with route_by: domain_probe")
+        return
+    if len(terms) != 1 or terms[0][0] or terms[0][1] != "domain":
+        raise ConfigError(f"{where}: route_by 'domain_probe' needs `when` to be one 'domain:<Name>[,<Name>]' term, "
+                          f"got {r.when!r}")
+    if r.probe_backbone is None:
+        if len(cfg.backbones) != 1:
+            raise ConfigError(f"{where}: route_by 'domain_probe' needs probe_backbone (one of {list(cfg.backbones)})")
+    elif r.probe_backbone not in cfg.backbones:
+        raise ConfigError(f"{where}: unknown probe_backbone {r.probe_backbone!r}; defined: {list(cfg.backbones)}")
+    from kshot.pipelines.router import parse_view
+
+    if not r.probe_features:
+        raise ConfigError(f"{where}: probe_features needs at least one view")
+    for v in r.probe_features:
+        parse_view(v, where)

@@ -60,8 +60,10 @@ def _convert(cls: type, key: str, value: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping of method config overrides")
         return dict(value)
-    if key in ("templates", "crop_scale") and isinstance(value, list):
+    if key in ("templates", "crop_scale", "probe_features") and isinstance(value, list):
         return tuple(value)
+    if key == "probe_features" and isinstance(value, str):
+        return (value,)
     if key == "domains" and isinstance(value, Mapping):
         return {k: tuple([v] if isinstance(v, str) else v) for k, v in value.items()}
     expected = {f.name: f.type for f in dataclasses.fields(cls)}.get(key, "")

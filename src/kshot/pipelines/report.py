@@ -90,6 +90,12 @@ def trace_metrics(stage: Any, data: Any, split: str) -> list[dict[str, Any]] | N
             for n, ids in zip(names, trace)]
 
 
+def _by(route: dict[str, Any]) -> str:
+    """' by <router>' for steps not routed by the current top-1."""
+    by = route.get("route_by", "top1")
+    return "" if by == "top1" else f" by {by}"
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.2f}"
 
@@ -138,8 +144,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Routes (images per step)", ""]
         for name, by_split in routes:
             for split, steps in by_split.items():
-                lines.append(f"- {name} on {split}: " + ", ".join(f"{x['stage']} ({x['when']}): {x['rows']}"
-                                                                    for x in steps))
+                lines.append(f"- {name} on {split}: " + ", ".join(
+                    f"{x['stage']} ({x['when']}{_by(x)}): {x['rows']}" for x in steps))
+    for s in r["stages"]:
+        for pr in s.get("probes", []):
+            cv = ", ".join(f"{v} {100 * a:.1f}%" for v, a in pr["cv_accuracy"].items()) or "none"
+            lines.append(f"- {s['name']} domain probe on {pr['backbone']} ({', '.join(pr['domains'])}): features "
+                         f"{pr['view']}, C={pr['C']:.3g}; within-shot cross-validation accuracy: {cv}")
     p = r["parameters"]
     lines += ["", "## Declared parameters", "", "| component | loaded | trainable |", "|---|---:|---:|"]
     for c in p["components"]:

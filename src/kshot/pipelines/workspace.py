@@ -151,6 +151,21 @@ class Workspace:
     def split_features(self, alias: str, split: str) -> FeatureSet:
         return self.test_features(alias) if split == "test" else self.estimate_features(alias)
 
+    def features_of(self, backbone: Backbone, which: str, name: str) -> FeatureSet:
+        """Features of the shots ('shots', global labels; unreadable images dropped) or of every row of a split
+        ('test', 'estimate'; aligned, zeros if unreadable) with an extra encoder (a probe's feature view), cached."""
+        key = (backbone.fingerprint, which)
+        if key not in self._features:
+            if which == "shots":
+                fs = self.store.get(backbone, self.data.pool.subset(self.data.shots), name=name)
+                self._note_skipped(fs)
+            else:
+                check_split(which)
+                ds = self.data.test if which == "test" else self.data.pool.subset(self.data.estimate)
+                fs = self._aligned(backbone, ds, name)
+            self._features[key] = fs
+        return self._features[key]
+
     def encode_rows(self, backbone: Backbone, split: str, rows: np.ndarray, name: str) -> FeatureSet:
         """Features of some rows of a split with an extra encoder (a fine-tuned specialist), cached by its weights."""
         ds = self.data.test if split == "test" else self.data.pool.subset(self.data.estimate)
