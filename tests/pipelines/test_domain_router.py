@@ -18,7 +18,8 @@ from kshot.pipelines.config import CascadeStageConfig, Route
 from kshot.pipelines.configfile import config_from_dict, load_config
 from kshot.pipelines.groups import ClassInfo
 from kshot.pipelines.router import DomainProbe, parse_view, token_view
-from kshot.pipelines.stages import Stage
+
+from .test_cascade import FixedStage
 
 # 6 seen classes: 0-2 in domain A, 3-5 in domain B (class c and c + 3 share a "shape"), class 6 (domain C) unseen.
 DOMAINS = ["A", "A", "A", "B", "B", "B", "C"]
@@ -57,23 +58,6 @@ class FakeWorkspace:
     def split_features(self, alias, split):
         assert alias == "bb" and split == "test"
         return self.test
-
-
-class FixedStage(Stage):
-    """Preset scores over `classes`; remembers the rows it was asked about."""
-
-    kind = "fixed"
-
-    def __init__(self, name, classes, scores):
-        super().__init__(name)
-        self.classes, self._fixed, self.asked = np.asarray(classes), scores, []
-
-    def fit(self, ws, stages):
-        self.bind(ws)
-
-    def _scores(self, split, rows):
-        self.asked.append(None if rows is None else rows.tolist())
-        return self._fixed if rows is None else self._fixed[torch.as_tensor(rows)]
 
 
 def _cascade(ws: FakeWorkspace, route: Route) -> tuple[CascadeStage, FixedStage]:
