@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from kshot.errors import CheckpointError
@@ -195,3 +195,27 @@ def describe_arch(cfg: Mapping[str, Any], quick_gelu: bool) -> str:
         vision = f"RN-w{v['width']}-L{'.'.join(str(n) for n in v['layers'])}-i{v['image_size']}"
     text = f"t{t['width']}x{t['layers']}-c{t['context_length']}-v{t['vocab_size']}"
     return f"{vision}-{text}-e{cfg['embed_dim']}" + ("-quickgelu" if quick_gelu else "")
+
+
+def _examples(keys: Iterable[str], n: int = 5) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def describe_mismatch(want: Mapping[str, Sequence[int]], got: Mapping[str, Sequence[int]],
+                      ignore: Callable[[str], bool] = lambda key: False) -> str:
+    """'' when the names and shapes `got` fit `want`, else e.g. '1 missing: a | 2 unexpected: b, c | 1 with another
+    shape: d [3, 4] (expected [4, 4])' (at most 5 names per part; `ignore` marks allowed extra names)."""
+    missing = [k for k in want if k not in got]
+    unexpected = [k for k in got if k not in want and not ignore(k)]
+    wrong = [f"{k} {list(got[k])} (expected {list(want[k])})" for k in want if k in got
+             and tuple(got[k]) != tuple(want[k])]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing: {_examples(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected: {_examples(unexpected)}")
+    if wrong:
+        parts.append(f"{len(wrong)} with another shape: {'; '.join(wrong[:5])}")
+    return " | ".join(parts)

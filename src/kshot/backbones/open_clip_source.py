@@ -30,7 +30,7 @@ from kshot.errors import CheckpointError, ConfigError
 
 from .base import Backbone, PreprocessCfg, make_fingerprint
 from .checkpoint import SUPPORTED, describe_shapes, read_state_dict
-from .clip_arch import describe_arch, infer_clip_arch, match_builtin
+from .clip_arch import describe_arch, describe_mismatch, infer_clip_arch, match_builtin
 from .common import RANDOM_TAG, LoadOptions, looks_like_path, quiet_root_log, seeded_init, weights_hash
 from .transforms import build_preprocess
 
@@ -219,21 +219,10 @@ def _prepare_state(state: dict[str, torch.Tensor], model: nn.Module, path: Path,
     own = model.state_dict()
     if "logit_scale" in state and "logit_scale" in own and state["logit_scale"].ndim != own["logit_scale"].ndim:
         state["logit_scale"] = state["logit_scale"].reshape(own["logit_scale"].shape)
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in own if k in state
-             and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            parts.append(f"{len(wrong)} shape mismatches (file vs model), e.g. {'; '.join(wrong[:3])}")
-        if missing:
-            parts.append(f"{len(missing)} missing, e.g. {missing[:3]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}")
-        raise CheckpointError(
-            f"{path}: weights do not fit architecture {arch}: {'; '.join(parts)}. File holds: {describe_shapes(state)}"
-        )
+    problems = describe_mismatch({k: v.shape for k, v in own.items()}, {k: v.shape for k, v in state.items()})
+    if problems:
+        raise CheckpointError(f"{path}: weights do not fit architecture {arch}: {problems}. File holds: "
+                              f"{describe_shapes(state)}")
     return state
 
 

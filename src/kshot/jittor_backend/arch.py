@@ -10,10 +10,11 @@ torch model and travels in the job (defaults: 64-wide heads, QuickGELU, as OpenA
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from kshot.backbones.clip_arch import describe_mismatch
 from kshot.errors import CheckpointError
 
 HEAD_WIDTH = 64
@@ -220,33 +221,15 @@ def _ignored(key: str) -> bool:
     return key in IGNORED_KEYS or key == "logit_scale" or key.endswith(_IGNORED_SUFFIXES)
 
 
-def _examples(keys: Iterable[str], n: int = 5) -> str:
-    keys = sorted(keys)
-    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
 def check_keys(shapes: Shapes, lay: ClipLayout, source: str = "state dict") -> None:
     """Raise a CheckpointError naming the missing, unexpected and wrongly shaped keys of `shapes` for `lay`.
 
     `logit_scale`, BatchNorm `num_batches_tracked` and OpenAI's integer metadata entries are allowed extras.
     """
-    want = expected_shapes(lay)
-    missing = [k for k in want if k not in shapes]
-    unexpected = [k for k in shapes if k not in want and not _ignored(k)]
-    wrong = [f"{k} {list(shapes[k])} (expected {list(want[k])})" for k in want if k in shapes
-             and tuple(shapes[k]) != want[k]]
-    if not (missing or unexpected or wrong):
-        return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing: {_examples(missing)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected: {_examples(unexpected)}")
-    if wrong:
-        parts.append(f"{len(wrong)} with another shape: {'; '.join(wrong[:5])}")
-    kind = f"ViT CLIP (width {lay.vision_width})" if lay.vision == "vit" else "ModifiedResNet CLIP"
-    raise CheckpointError(f"{source}: keys do not fit a {kind} in OpenAI/JCLIP layout: {' | '.join(parts)}")
+    problems = describe_mismatch(expected_shapes(lay), shapes, _ignored)
+    if problems:
+        kind = f"ViT CLIP (width {lay.vision_width})" if lay.vision == "vit" else "ModifiedResNet CLIP"
+        raise CheckpointError(f"{source}: keys do not fit a {kind} in OpenAI/JCLIP layout: {problems}")
 
 
 def layout_from_dict(d: Mapping[str, Any]) -> ClipLayout:
