@@ -19,6 +19,7 @@ from kshot.backbones.jittor_pkl import read_jittor_artifact, strip_trailer
 from kshot.cli import app
 from kshot.errors import CheckpointError, ConfigError
 from kshot.interop.export import export_jittor, method_to_jittor_dict
+from kshot.jittor_backend.runtime import jittor_available
 from kshot.methods import create
 from kshot.methods.base import config_to_dict
 
@@ -129,3 +130,49 @@ def test_toy_clip_export_warns_that_jclip_cannot_infer_its_layout(tmp_path: Path
     assert layout["activation"] == "gelu" and layout["text_heads"] == 4
     assert any("not in OpenAI's layout" in rec.getMessage() and "4 text heads" in rec.getMessage()
                for rec in caplog.records)
+
+
+JT_LOAD = r"""
+import sys
+import numpy as np
+import jittor as jt
+for path in sys.argv[1:]:
+    want = np.load(path + ".npz")
+    got = jt.load(path)
+    assert isinstance(got, dict), type(got)
+    for k in want.files:
+        v = got[k]
+        v = v.numpy() if hasattr(v, "numpy") else np.asarray(v)
+        assert v.dtype == want[k].dtype and np.array_equal(v, want[k]), (path, k)
+    print(path, len(got), "entries", "method" in got and got["method"])
+"""
+
+
+@pytest.mark.skipif(jittor_available() is not None, reason="no Jittor interpreter ($KSHOT_JITTOR_PYTHON)")
+def test_real_jittor_jt_load_reads_every_export(tmp_path: Path) -> None:
+    """The files are what Jittor users get: `jt.load` in a Jittor interpreter returns the same arrays."""
+    import os
+    import subprocess
+
+    from kshot.backbones import load_backbone
+    from kshot.continual.config import PhaseConfig
+    from kshot.continual.sequence import run_method
+    from kshot.jittor_backend.runtime import find_python, jittor_env
+
+    from ..continual.conftest import digits_config
+
+    run_method(digits_config("tiny_vgg", limit=40, train=PhaseConfig(1, 0.1, 0), retrain=PhaseConfig(0, 0.03, 0)),
+               tmp_path / "run", "packnet")
+    sources = {"lpp.pkl": dict(source=create("lpp").fit(make_task()).save(tmp_path / "lpp")),
+               "packnet.pkl": dict(source=tmp_path / "run" / "packnet"),
+               "toy.pkl": dict(backbone=load_backbone("toy:clip"))}
+    paths = []
+    for name, kw in sources.items():
+        res = export_jittor(tmp_path / name, **kw)
+        doc = jt_load(res.path)
+        np.savez(str(res.path) + ".npz", **{k: v for k, v in doc.items() if isinstance(v, np.ndarray)})
+        paths.append(str(res.path))
+    env = {**os.environ, **jittor_env("cpu")}
+    r = subprocess.run([find_python(), "-c", JT_LOAD, *paths], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "lpp.pkl" in r.stdout and "packnet.pkl" in r.stdout and "toy.pkl" in r.stdout
