@@ -97,10 +97,7 @@ class APETConfig:
             raise ConfigError(f"lam must be in [0, 1], got {self.lam}")
         if len(self.search_scale) != 2 or len(self.search_steps) != 2:
             raise ConfigError("search_scale and search_steps need two values (beta, alpha)")
-        self.schedule()
-
-    def schedule(self) -> TrainSchedule:
-        return TrainSchedule(self.epochs, self.batch_size, self.lr, self.eps, self.weight_decay)
+        TrainSchedule.of(self)  # validate now, not at fit time
 
 
 @METHODS.register("ape_t", "APE-T: APE with a trained category residual and value weights (ICCV'23); "
@@ -123,7 +120,8 @@ class APET(Method):
             return ape_t_logits(x, text, keys, key_labels, channels, residual, value_weights, c, cfg.init_alpha,
                                 cfg.init_beta, scale)
 
-        trained = train_epochs([residual, value_weights], forward, task.train, task.val, cfg.schedule(), task.seed)
+        trained = train_epochs([residual, value_weights], forward, task.train, task.val, TrainSchedule.of(cfg),
+                               task.seed)
         self.text_weights_, self.keys_, self.key_labels_, self.channels_ = text, keys, key_labels, channels
         self.residual_, self.value_weights_ = residual.detach().clone(), value_weights.detach().clone()
         self.scale_, self.num_classes_ = scale, c

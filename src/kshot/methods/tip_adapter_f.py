@@ -58,6 +58,11 @@ class TrainSchedule:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.eps <= 0 or self.weight_decay < 0:
             raise ConfigError(f"invalid training schedule {self}")
 
+    @classmethod
+    def of(cls, cfg: Any) -> "TrainSchedule":
+        """The schedule of a method config that has these five fields (validated here)."""
+        return cls(cfg.epochs, cfg.batch_size, cfg.lr, cfg.eps, cfg.weight_decay)
+
 
 @dataclass
 class TrainResult:
@@ -146,10 +151,7 @@ class TipAdapterFConfig(TipAdapterConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.schedule()
-
-    def schedule(self) -> TrainSchedule:
-        return TrainSchedule(self.epochs, self.batch_size, self.lr, self.eps, self.weight_decay)
+        TrainSchedule.of(self)  # validate now, not at fit time
 
 
 @METHODS.register("tip_adapter_f", "Tip-Adapter-F: Tip-Adapter with fine-tuned cache keys (ECCV'22); "
@@ -169,7 +171,7 @@ class TipAdapterF(TipAdapter):
         def forward(x: torch.Tensor) -> torch.Tensor:
             return tip_logits(x, text, weight, values, cfg.init_alpha, cfg.init_beta, scale)
 
-        trained = train_epochs([weight], forward, task.train, task.val, cfg.schedule(), task.seed)
+        trained = train_epochs([weight], forward, task.train, task.val, TrainSchedule.of(cfg), task.seed)
         self.text_weights_, self.keys_, self.key_labels_ = text, weight.detach().clone(), key_labels.to(dev)
         self.scale_, self.num_classes_ = scale, task.num_classes
         found = search_tip(cfg, task, text, lambda f: f @ self.keys_.T, values)

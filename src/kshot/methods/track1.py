@@ -159,10 +159,7 @@ class Track1Config:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if len(self.search_scale) != 3 or len(self.search_steps) != 3:
             raise ConfigError("search_scale and search_steps need three values (beta, alpha, gamma)")
-        self.schedule()
-
-    def schedule(self) -> TrainSchedule:
-        return TrainSchedule(self.epochs, self.batch_size, self.lr, self.eps, self.weight_decay)
+        TrainSchedule.of(self)  # validate now, not at fit time
 
 
 @METHODS.register("track1", "Track1 (seed 003): blended channel selection, KL-weighted cache and a trained "
@@ -189,7 +186,7 @@ class Track1(Method):
             return track1_logits(x, text, keys_sel, key_labels, channels, residual, train_values, cfg.init_alpha,
                                  cfg.init_beta, scale)
 
-        trained = train_epochs([residual], forward, task.train, task.val, cfg.schedule(), task.seed)
+        trained = train_epochs([residual], forward, task.train, task.val, TrainSchedule.of(cfg), task.seed)
         self.text_weights_, self.keys_sel_, self.key_labels_ = text, keys_sel, key_labels
         self.channels_, self.kl_, self.residual_ = channels, kl, residual.detach().clone()
         self.scale_, self.num_classes_ = scale, c
