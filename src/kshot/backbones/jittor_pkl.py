@@ -307,25 +307,26 @@ def read_jittor_pkl(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             arrays.
     """
     p = Path(path)
-    try:
-        blob = p.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{p}: no such checkpoint file") from None
-    except OSError as e:
-        raise CheckpointError(f"{p}: cannot read checkpoint: {e}") from None
-    if not blob:
-        raise CheckpointError(f"{p}: checkpoint file is empty")
-    return loads_weights(strip_trailer(blob, p), p)
+    return loads_weights(_payload(p), p)
 
 
 def read_jittor_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Like `read_jittor_pkl`, but also keeps plain str/int/float/bool values (kshot's method/PackNet exports)."""
     p = Path(path)
+    return loads_weights(_payload(p), p, scalars=True)
+
+
+def _payload(p: Path) -> bytes:
+    """The file's pickle bytes, its Jittor trailer verified and removed."""
     try:
         blob = p.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{p}: cannot read checkpoint: no such file") from None
     except OSError as e:
-        raise CheckpointError(f"{p}: cannot read: {e}") from None
-    return loads_weights(strip_trailer(blob, p), p, scalars=True)
+        raise CheckpointError(f"{p}: cannot read checkpoint: {e}") from None
+    if not blob:
+        raise CheckpointError(f"{p}: checkpoint file is empty")
+    return strip_trailer(blob, p)
 
 
 # ---------------------------------------------------------------------------------------------- writer (opcodes)
