@@ -200,21 +200,13 @@ def predict(
         _write_predictions(fs, logits, ds, k, out, result_txt)
         return
     if artifact is not None:
-        info = json.loads((artifact / "task.json").read_text())
         m = load(artifact)
-        bb = _load_backbone(info["backbone"], device)
-        if bb.fingerprint != info["fingerprint"]:
-            raise KshotError(f"{artifact} was fitted on backbone {info['fingerprint']} but {info['backbone']} now "
-                             f"loads as {bb.fingerprint} (weights or preprocessing changed)")
+        bb = _artifact_backbone(artifact, device)
         if m.needs_backbone:
             m.attach_backbone(bb)
     else:
-        if method != "zeroshot":
-            raise KshotError(f"--method {method} needs a fitted --artifact (run `kshot fit` first)")
+        class_ds = _zeroshot_classes(ds, method, classes)
         bb = _load_backbone(backbone, device)
-        class_ds = load_dataset(classes, layout="auto", split="train") if classes else ds
-        if not class_ds.classnames:
-            raise KshotError("no class list: pass --classes with a labelled dataset or a challenge root")
         spec = wf.prompt_spec_for(class_ds, templates, prompts)
         tw = wf.text_weights_for(bb, class_ds, spec)
         from kshot.features.featureset import FeatureSet
@@ -230,25 +222,37 @@ def predict(
 def _predict_jittor(ds, artifact, method, classes, backbone, templates, prompts, python, device):
     """(features, logits) with the Jittor backend: a fitted artifact's head, or zero-shot."""
     from kshot import workflow as wf
-    from kshot.data.sources import load_dataset
     from kshot.jittor_backend.predict import predict_jittor
     from kshot.methods import load
 
     if artifact is not None:
-        info = json.loads((artifact / "task.json").read_text())
-        bb = _load_backbone(info["backbone"], "cpu")
-        if bb.fingerprint != info["fingerprint"]:
-            raise KshotError(f"{artifact} was fitted on backbone {info['fingerprint']} but {info['backbone']} now "
-                             f"loads as {bb.fingerprint} (weights or preprocessing changed)")
-        return predict_jittor(bb, ds, load(artifact), python=python, device=device)
+        return predict_jittor(_artifact_backbone(artifact, "cpu"), ds, load(artifact), python=python, device=device)
+    class_ds = _zeroshot_classes(ds, method, classes)
+    bb = _load_backbone(backbone, "cpu")
+    return predict_jittor(bb, ds, None, classnames=class_ds.classnames, text_spec=wf.prompt_spec_for(
+        class_ds, templates, prompts), class_domains=class_ds.class_domains, python=python, device=device)
+
+
+def _artifact_backbone(artifact: Path, device: Optional[str]):
+    """The backbone a `kshot fit` folder was fitted on, refused if it no longer loads as the same weights."""
+    info = json.loads((artifact / "task.json").read_text())
+    bb = _load_backbone(info["backbone"], device)
+    if bb.fingerprint != info["fingerprint"]:
+        raise KshotError(f"{artifact} was fitted on backbone {info['fingerprint']} but {info['backbone']} now "
+                         f"loads as {bb.fingerprint} (weights or preprocessing changed)")
+    return bb
+
+
+def _zeroshot_classes(ds, method: str, classes: Optional[Path]):
+    """The dataset giving the class list of a prediction without an artifact (only zero-shot needs none)."""
+    from kshot.data.sources import load_dataset
+
     if method != "zeroshot":
         raise KshotError(f"--method {method} needs a fitted --artifact (run `kshot fit` first)")
-    bb = _load_backbone(backbone, "cpu")
     class_ds = load_dataset(classes, layout="auto", split="train") if classes else ds
     if not class_ds.classnames:
         raise KshotError("no class list: pass --classes with a labelled dataset or a challenge root")
-    return predict_jittor(bb, ds, None, classnames=class_ds.classnames, text_spec=wf.prompt_spec_for(
-        class_ds, templates, prompts), class_domains=class_ds.class_domains, python=python, device=device)
+    return class_ds
 
 
 def _write_predictions(fs, logits, ds, k, out, result_txt) -> None:
