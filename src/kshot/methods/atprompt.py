@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from kshot.config import param
 from kshot.errors import ConfigError
 from kshot.methods.base import METHODS, Task
 from kshot.prompts.datasets import get_benchmark
@@ -54,18 +55,18 @@ class ATPromptConfig(PromptConfig):
         eval_batch_size: images encoded together in `logits()` for base='cocoop'.
     """
 
-    n_ctx: int = 2
-    n_att: int | None = None
-    attr_init_std: float = 0.01
+    n_ctx: int = param(2, ge=1)
+    n_att: int | None = param(None, ge=1)
+    attr_init_std: float = param(0.01, ge=0)
     attributes: tuple[str, ...] = ()
     candidates: tuple[str, ...] = ()
     dataset: str = ""
     base: str = "coop"
-    epochs: int | None = None
-    batch_size: int | None = None  # type: ignore[assignment]
-    search_epochs: int = 40
-    search_max_size: int = 3
-    eval_batch_size: int = 64
+    epochs: int | None = param(None, ge=0)
+    batch_size: int | None = param(None, ge=1)  # type: ignore[assignment]
+    search_epochs: int = param(40, ge=0)
+    search_max_size: int = param(3, ge=1)
+    eval_batch_size: int = param(64, ge=1)
 
 
 @METHODS.register("atprompt", "ATPrompt: CoOp/CoCoOp prompts anchored on attribute words (needs the backbone)")

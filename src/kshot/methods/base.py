@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from kshot.config import replace as config_replace
 from kshot.errors import CheckpointError, ConfigError
 from kshot.features.featureset import FeatureSet
 from kshot.registry import Registry
@@ -75,9 +76,7 @@ class Method(ABC):
     def __init__(self, config: Any | None = None, **overrides: Any):
         if config is None:
             config = self.config_cls()
-        if overrides:
-            config = replace_config(config, overrides)
-        self.config = config
+        self.config = replace_config(config, overrides)
         self.fitted_ = False
 
     @abstractmethod
@@ -131,17 +130,13 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def replace_config(config: Any, overrides: dict[str, Any]) -> Any:
-    """Return a copy of a config dataclass with `overrides`; unknown keys are a ConfigError naming the field."""
-    fields = {f.name: f for f in dataclasses.fields(config)}
-    for key in overrides:
-        if key not in fields:
-            raise ConfigError(f"{type(config).__name__} has no field {key!r}; fields: {', '.join(fields)}")
-    cleaned = {}
-    for key, value in overrides.items():
-        if isinstance(value, list) and isinstance(getattr(config, key), tuple):
-            value = tuple(value)
-        cleaned[key] = value
-    return dataclasses.replace(config, **cleaned)
+    """A validated copy of a config dataclass with `overrides` (`kshot.config.replace`): unknown keys, wrong
+    types, non-finite floats and values outside a field's declared range are ConfigErrors naming the field."""
+    if not dataclasses.is_dataclass(config):
+        if overrides:
+            raise ConfigError(f"{type(config).__name__} takes no settings, got {', '.join(overrides)}")
+        return config
+    return config_replace(config, overrides)
 
 
 def create(name: str, **overrides: Any) -> Method:

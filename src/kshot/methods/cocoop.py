@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kshot.config import param
 from kshot.methods.base import METHODS
 from kshot.prompts.method import Design, PromptConfig, PromptMethod, context_block
 
@@ -28,11 +29,11 @@ class CoCoOpConfig(PromptConfig):
         eval_batch_size: images whose prompts are encoded together in `logits()` (memory ~ B·C prompts).
     """
 
-    n_ctx: int = 4
+    n_ctx: int = param(4, ge=1)
     ctx_init: str = "a photo of a"
-    epochs: int | None = 10
-    batch_size: int = 1
-    eval_batch_size: int = 64
+    epochs: int | None = param(10, ge=0)
+    batch_size: int = param(1, ge=1)
+    eval_batch_size: int = param(64, ge=1)
 
 
 @METHODS.register("cocoop", "CoCoOp: CoOp + image-conditioned context via a meta-net (needs the backbone)")

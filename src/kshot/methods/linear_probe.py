@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kshot.config import param
 from kshot.errors import ConfigError
 from kshot.methods._lp_common import accuracy, training_rows
 from kshot.methods.base import METHODS, Method, Task
@@ -62,12 +63,12 @@ class LinearProbeConfig:
     """
 
     solver: str = "torch"
-    C: float | None = None
-    c_grid: tuple[float, ...] = LPCLIP_C_GRID
-    search_steps: int = 8
-    default_C: float = 1.0
-    max_iter: int = 1000
-    tol: float = 1e-4
+    C: float | None = param(None, gt=0)
+    c_grid: tuple[float, ...] = param(LPCLIP_C_GRID, gt=0)
+    search_steps: int = param(8, ge=1)
+    default_C: float = param(1.0, gt=0)
+    max_iter: int = param(1000, ge=1)
+    tol: float = param(1e-4, gt=0)
     dtype: str = "auto"
     use_aug_views: bool = False
 

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from kshot.config import param
 from kshot.errors import CheckpointError, ConfigError
 from kshot.features.featureset import FeatureSet
 from kshot.methods.base import METHODS, Method, Task
@@ -56,11 +57,11 @@ class TipAdapterConfig:
             and views as separate cache entries).
     """
 
-    init_beta: float = 1.0
-    init_alpha: float = 1.17
+    init_beta: float = param(1.0, ge=0)
+    init_alpha: float = param(1.17, ge=0)
     search: bool = True
-    search_scale: tuple[float, float] = (7.0, 3.0)
-    search_steps: tuple[int, int] = (200, 20)
+    search_scale: tuple[float, float] = param((7.0, 3.0), gt=0)
+    search_steps: tuple[int, int] = param((200, 20), ge=1)
     cache_policy: str = "mean"
 
     def __post_init__(self) -> None:

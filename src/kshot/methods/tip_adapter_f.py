@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from kshot.config import param
 from kshot.errors import ConfigError
 from kshot.features.featureset import FeatureSet
 from kshot.methods.base import METHODS, Task
@@ -143,11 +144,11 @@ class TipAdapterFConfig(TipAdapterConfig):
         weight_decay: AdamW weight decay; official leaves PyTorch's default 0.01.
     """
 
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-3
-    eps: float = 1e-4
-    weight_decay: float = 0.01
+    epochs: int = param(20, ge=0)
+    batch_size: int = param(256, ge=1)
+    lr: float = param(1e-3, gt=0)
+    eps: float = param(1e-4, gt=0)
+    weight_decay: float = param(0.01, ge=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()

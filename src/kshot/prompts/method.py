@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kshot.config import param
 from kshot.errors import CheckpointError, ConfigError, DataError
 from kshot.methods.base import Method, Task
 from kshot.methods.checks import check_features, check_task
@@ -53,18 +54,18 @@ class PromptConfig:
         amp: bf16 autocast on CUDA (CoOp trains CLIP in fp16); CPU always runs fp32.
     """
 
-    n_ctx: int = 16
+    n_ctx: int = param(16, ge=1)
     ctx_init: str = ""
     class_token_position: str = "end"
     csc: bool = False
-    init_std: float = 0.02
-    epochs: int | None = None
-    batch_size: int = 32
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
+    init_std: float = param(0.02, ge=0)
+    epochs: int | None = param(None, ge=0)
+    batch_size: int = param(32, ge=1)
+    lr: float = param(0.002, gt=0)
+    momentum: float = param(0.9, ge=0, lt=1)
+    weight_decay: float = param(5e-4, ge=0)
+    warmup_epochs: int = param(1, ge=0)
+    warmup_lr: float = param(1e-5, ge=0)
     amp: bool = True
 
 
