@@ -27,6 +27,7 @@ Classes without shots have no cache entry; their pool is the text feature alone 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 
 from kshot.config import param
 from kshot.errors import CheckpointError, ConfigError, DataError
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features
 from kshot.methods.search import cache_kernel, grid_search, linear_grid
@@ -184,6 +186,13 @@ def search_ape(cfg: Any, task: Task, clip_logits_fn: Any, affinity_fn: Any, valu
 class APE(Method):
     name = "ape"
     config_cls = APEConfig
+    cv_tunes: ClassVar[bool | None] = True
+    jittor_head: ClassVar[str | None] = "ape"
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return refit.cache_values(metas, gamma=True)
     supports_empty_classes: ClassVar[bool] = True
 
     def fit(self, task: Task) -> "APE":

@@ -23,6 +23,7 @@ Classes without shots have no cache entry but keep their residual row (trained t
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -31,6 +32,7 @@ import torch
 from kshot.config import param
 from kshot.errors import CheckpointError, ConfigError
 from kshot.methods.ape import ape_criterion, resolve_num_channels, search_ape, select_channels
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features
 from kshot.methods.search import cache_kernel
@@ -106,6 +108,12 @@ class APETConfig:
 class APET(Method):
     name = "ape_t"
     config_cls = APETConfig
+    cv_tunes: ClassVar[bool | None] = True
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return {**refit.cache_values(metas), "epochs": refit.count(metas, "best_epoch")}
     supports_empty_classes: ClassVar[bool] = True
 
     def fit(self, task: Task) -> "APET":

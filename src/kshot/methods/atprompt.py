@@ -73,6 +73,8 @@ class ATPromptConfig(PromptConfig):
 class ATPrompt(PromptMethod):
     name = "atprompt"
     config_cls = ATPromptConfig
+    #: `kshot.prompts.presets` schedules apply to this method.
+    follows_prompt_presets = True
 
     def is_conditional(self) -> bool:
         if self.config.base not in ("coop", "cocoop"):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from kshot.config import param
 from kshot.errors import ConfigError
 from kshot.methods._lp_common import cpu_generator
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
 
@@ -100,6 +102,12 @@ class ClipAdapter(Method):
 
     name = "clip_adapter"
     config_cls = ClipAdapterConfig
+    cv_tunes: ClassVar[bool | None] = True
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return {"rho": refit.median(metas, "rho"), "steps": refit.count(metas, "best_step"), "rho_grid": ()}
     supports_empty_classes: ClassVar[bool] = True
 
     def fit(self, task: Task) -> "ClipAdapter":

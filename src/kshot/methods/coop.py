@@ -28,6 +28,8 @@ class CoOpConfig(PromptConfig):
 class CoOp(PromptMethod):
     name = "coop"
     config_cls = CoOpConfig
+    #: `kshot.prompts.presets` schedules apply to this method.
+    follows_prompt_presets = True
 
     def _design(self) -> Design:
         pieces, group, init = context_block(self.config, self.backbone_.tokenizer)

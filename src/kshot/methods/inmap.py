@@ -126,6 +126,7 @@ class InMaP(Method):
 
     name = "inmap"
     config_cls = InMaPConfig
+    cv_tunes: ClassVar[bool | None] = False
     transductive: ClassVar[bool] = True
     supports_empty_classes: ClassVar[bool] = True
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from kshot.config import param
 from kshot.errors import ConfigError
 from kshot.methods._lp_common import accuracy, training_rows
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
 
@@ -206,6 +208,13 @@ class LinearProbe(Method):
 
     name = "linear_probe"
     config_cls = LinearProbeConfig
+    cv_tunes: ClassVar[bool | None] = True
+    jittor_head: ClassVar[str | None] = "linear"
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return {"C": refit.log_median(metas, "C")}
     needs_text: ClassVar[bool] = False
     supports_empty_classes: ClassVar[bool] = False
 

@@ -29,6 +29,7 @@ shot-less classes a little and lowered it overall a little, so it is not the def
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from kshot.config import param
 from kshot.errors import ConfigError
 from kshot.methods._lp_common import accuracy, cpu_generator, seen_classes, training_rows
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
 
@@ -110,6 +112,13 @@ class LPP(Method):
 
     name = "lpp"
     config_cls = LPPConfig
+    cv_tunes: ClassVar[bool | None] = True
+    jittor_head: ClassVar[str | None] = "lpp"
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return {"iters": refit.count(metas, "best_iter"), "select_on_val": False}
     supports_empty_classes: ClassVar[bool] = True
 
     def fit(self, task: Task) -> "LPP":

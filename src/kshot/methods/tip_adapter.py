@@ -24,7 +24,7 @@ Classes without shots simply have no cache entry: their logit is the zero-shot o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from kshot.config import param
 from kshot.errors import CheckpointError, ConfigError
 from kshot.features.featureset import FeatureSet
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
 from kshot.methods.search import SearchResult, cache_kernel, grid_search, linear_grid
@@ -152,6 +153,13 @@ def search_tip(cfg: TipAdapterConfig, task: Task, text_weights: torch.Tensor, af
 class TipAdapter(Method):
     name = "tip_adapter"
     config_cls = TipAdapterConfig
+    cv_tunes: ClassVar[bool | None] = True
+    jittor_head: ClassVar[str | None] = "tip"
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return refit.cache_values(metas)
     supports_empty_classes: ClassVar[bool] = True
 
     def fit(self, task: Task) -> "TipAdapter":

@@ -20,7 +20,7 @@ Track1).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from kshot.config import param
 from kshot.errors import ConfigError
 from kshot.features.featureset import FeatureSet
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Task
 from kshot.methods.search import accuracy
 from kshot.methods.tip_adapter import TipAdapter, TipAdapterConfig, cache_inputs, one_hot, search_tip, tip_logits
@@ -160,6 +161,13 @@ class TipAdapterFConfig(TipAdapterConfig):
 class TipAdapterF(TipAdapter):
     name = "tip_adapter_f"
     config_cls = TipAdapterFConfig
+    cv_tunes: ClassVar[bool | None] = True
+    jittor_head: ClassVar[str | None] = "tip"
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return {**refit.cache_values(metas), "epochs": refit.count(metas, "best_epoch")}
     supports_empty_classes: ClassVar[bool] = True
 
     def fit(self, task: Task) -> "TipAdapterF":

@@ -49,6 +49,7 @@ residual row (text term only) (`supports_empty_classes`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -59,6 +60,7 @@ from kshot.errors import CheckpointError, ConfigError
 from kshot.methods.ape import (between_class_variance, cross_class_product_sum, kl_confidence, project,
                                resolve_num_channels, search_ape, select_channels)
 from kshot.methods.ape_t import pad_residual
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features
 from kshot.methods.search import cache_kernel
@@ -168,6 +170,12 @@ class Track1Config:
 class Track1(Method):
     name = "track1"
     config_cls = Track1Config
+    cv_tunes: ClassVar[bool | None] = True
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return {**refit.cache_values(metas, gamma=True), "epochs": refit.count(metas, "best_epoch")}
     supports_empty_classes: ClassVar[bool] = True
 
     def fit(self, task: Task) -> "Track1":

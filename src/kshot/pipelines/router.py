@@ -17,7 +17,7 @@ the image's predicted domain instead:
    cross-validation within the shots: folds are cut per *class* (`shot_folds` on the class labels: shot j of every
    class goes to fold j mod F), in each fold the probe runs its own C search on the held-out fold (lpclip protocol),
    the view with the highest mean held-out accuracy wins (first on ties), C = the folds' log-median
-   (`REFIT_RULES['linear_probe']`), and the probe is refitted on all shots. Without cross-validation (< 2 shots per
+   (`LinearProbe.refit_overrides`), and the probe is refitted on all shots. Without cross-validation (< 2 shots per
    class or `cv_folds` < 2) the first view and the probe's default C are used.
 
 A row's route depends only on its own features, so the order or the set of the other test rows does not change it.
@@ -37,8 +37,8 @@ from torch import nn
 from kshot.backbones.base import Backbone, make_fingerprint
 from kshot.errors import ConfigError
 from kshot.features.featureset import FeatureSet
-from kshot.methods.base import Method, Task, create
-from kshot.pipelines.crossval import REFIT_RULES, effective_folds, shot_folds
+from kshot.methods import METHODS, Method, Task, create
+from kshot.pipelines.crossval import effective_folds, shot_folds
 from kshot.pipelines.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class DomainProbe:
                 scores[v] = float(np.mean(accs))
                 fold_cs[v] = [float(x["C"]) for x in metas]
             self.view = max(self.views, key=lambda v: (scores[v], -self.views.index(v)))
-            overrides = REFIT_RULES["linear_probe"]([{"C": c} for c in fold_cs[self.view]])
+            overrides = METHODS.get("linear_probe").refit_overrides([{"C": c} for c in fold_cs[self.view]])
             tuning = f"view and C chosen by {folds}-fold cross-validation within the shots"
         else:
             self.view, overrides = self.views[0], {}

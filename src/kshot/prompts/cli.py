@@ -5,6 +5,7 @@ Thin over the library: data -> cached features -> `kshot.eval.base2new` / `kshot
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -83,8 +84,9 @@ def run_base2new(
     """
     import numpy as np
 
-    from kshot.eval.base2new import Base2NewInputs, Base2NewProtocol, draw_selection, markdown_table, plot_bars
-    from kshot.eval.base2new import run_protocol, split_classes
+    from kshot.eval.base2new import DEFAULT_METHODS, Base2NewInputs, Base2NewProtocol, draw_selection, markdown_table
+    from kshot.eval.base2new import plot_bars, run_protocol, split_classes
+    from kshot.methods import METHODS
     from kshot.eval.fewshot import ResultStore
     from kshot.features import AugmentPolicy, FeatureStore, default_cache_dir
     from kshot.features.extract import ExtractConfig
@@ -92,7 +94,7 @@ def run_base2new(
     from kshot.text.classifier import build_text_classifier
     from kshot.text.templates import PromptSpec, dataset_template, load_prompt_file
 
-    names = list(methods or ("zeroshot", "coop", "atprompt"))
+    names = list(methods or DEFAULT_METHODS)
     ks = (shots,) if isinstance(shots, int) else tuple(int(k) for k in shots)
     pool, bench = _read(data, train_split, layout)
     test_ds = _read(test, test_split, "auto")[0] if test is not None else _read(data, test_split, layout)[0]
@@ -101,8 +103,9 @@ def run_base2new(
     per: dict[str, dict[str, Any]] = {}
     for m in names:
         o = dict(preset_overrides(preset, pool.name, m)) if preset else {}
-        if m == "atprompt" and bench is not None and not o.get("dataset"):
-            o["dataset"] = bench.name  # the paper's attributes for this dataset, unless overridden
+        takes_dataset = "dataset" in {f.name for f in dataclasses.fields(METHODS.get(m).config_cls)}
+        if takes_dataset and bench is not None and not o.get("dataset"):
+            o["dataset"] = bench.name  # e.g. ATPrompt: the paper's attributes for this dataset, unless overridden
         o.update((overrides or {}).get(m, {}))
         per[m] = o
     bb = _backbone(backbone, device)

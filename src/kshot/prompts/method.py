@@ -265,8 +265,9 @@ class PromptMethod(Method):
                 out.append(self._batch_logits(learner, self.meta_net_, x.to(dev), self.scale_).to(features.device))
         return torch.cat(out) if out else torch.zeros(0, len(self.classnames_), device=features.device)
 
-    def for_classes(self, classnames: list[str]) -> "PromptMethod":
-        """The same learned prompts over other class names (base-to-new); needs the attached backbone.
+    def for_classes(self, classnames: list[str], text_weights: torch.Tensor | None = None) -> "PromptMethod":
+        """The same learned prompts over other class names (base-to-new); needs the attached backbone (the
+        new classes' `text_weights` are not needed: the prompts encode the names).
 
         Raises:
             ConfigError: class-specific contexts (one per fitted class) cannot be moved to other classes.
