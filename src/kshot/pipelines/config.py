@@ -16,6 +16,7 @@ A stage may only refer to stages defined before it (so there are no cycles). Cla
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,6 +263,21 @@ class PipelineConfig:
         return path if path.is_absolute() else self.base_dir() / path
 
 
+EMBEDDING = "embedding"
+_TOKENS = re.compile(r"^tokens:(\d+)$")
+
+
+def parse_view(spec: str, where: str = "probe_features") -> int | None:
+    """A probe feature view: None for "embedding", the block index k for "tokens:k". ConfigError otherwise."""
+    if spec == EMBEDDING:
+        return None
+    m = _TOKENS.match(str(spec).strip())
+    if not m:
+        raise ConfigError(f"{where}: unknown probe feature view {spec!r}; use 'embedding' or 'tokens:<block>' "
+                          "(e.g. tokens:0)")
+    return int(m.group(1))
+
+
 def validate(cfg: PipelineConfig) -> None:
     """Cross-field checks: references, group syntax, value ranges. Raises ConfigError naming the field."""
     where = f"pipeline {cfg.name!r}" + (f" ({cfg.source})" if cfg.source else "")
@@ -322,8 +338,6 @@ def _validate_route(cfg: PipelineConfig, r: Route, where: str) -> None:
             raise ConfigError(f"{where}: route_by 'domain_probe' needs probe_backbone (one of {list(cfg.backbones)})")
     elif r.probe_backbone not in cfg.backbones:
         raise ConfigError(f"{where}: unknown probe_backbone {r.probe_backbone!r}; defined: {list(cfg.backbones)}")
-    from kshot.pipelines.router import parse_view
-
     if not r.probe_features:
         raise ConfigError(f"{where}: probe_features needs at least one view")
     for v in r.probe_features:

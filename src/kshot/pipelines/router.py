@@ -26,7 +26,6 @@ A row's route depends only on its own features, so the order or the set of the o
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import replace
 from typing import Any
 
@@ -39,23 +38,11 @@ from kshot.errors import ConfigError
 from kshot.features.featureset import FeatureSet
 from kshot.methods import METHODS, Method, Task, create
 from kshot.pipelines.crossval import effective_folds, shot_folds
-from kshot.pipelines.workspace import Workspace
+from kshot.pipelines.config import EMBEDDING, parse_view
+from kshot.pipelines.workspace import Workspace, image_encoder
 
 log = logging.getLogger(__name__)
 
-EMBEDDING = "embedding"
-_TOKENS = re.compile(r"^tokens:(\d+)$")
-
-
-def parse_view(spec: str, where: str = "probe_features") -> int | None:
-    """A probe feature view: None for "embedding", the block index k for "tokens:k". ConfigError otherwise."""
-    if spec == EMBEDDING:
-        return None
-    m = _TOKENS.match(str(spec).strip())
-    if not m:
-        raise ConfigError(f"{where}: unknown probe feature view {spec!r}; use 'embedding' or 'tokens:<block>' "
-                          "(e.g. tokens:0)")
-    return int(m.group(1))
 
 
 class TokenStats(nn.Module):
@@ -74,8 +61,6 @@ class TokenStats(nn.Module):
 
 def token_view(backbone: Backbone, layer: int) -> Backbone:
     """A Backbone whose "image features" are `TokenStats` of `backbone`'s image tower (own feature-cache key)."""
-    from kshot.pipelines.specialist import image_encoder
-
     encoder = image_encoder(backbone)
     if not hasattr(encoder, "forward_intermediates"):
         raise ConfigError(f"probe feature view tokens:{layer}: the image encoder of {backbone.spec!r} "
