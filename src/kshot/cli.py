@@ -208,7 +208,7 @@ def predict(
 def _predict_jittor(ds, artifact, method, classes, backbone, templates, prompts, python, device):
     """(features, logits) with the Jittor backend: a fitted artifact's head, or zero-shot."""
     from kshot import experiment as ex
-    from kshot.jittor_backend.predict import predict_jittor
+    from kshot.interop.predict import predict_jittor
 
     if artifact is not None:
         m, bb = _artifact_method(artifact, "cpu")
@@ -355,7 +355,7 @@ def eval_(
     seed_list = tuple(_csv(seeds, "--seeds", int))
     per_method = ex.method_overrides(overrides or [], names)  # every name and value checked before any work
     if protocol == "base2new":
-        from kshot.prompts.cli import run_base2new
+        from kshot.methods.prompting.cli import run_base2new
 
         res = run_base2new(data, methods=names, backbone=backbone, shots=shot_list, seeds=seed_list, test=test,
                            layout=layout, train_split=train_split, test_split=test_split, templates=templates,
@@ -458,7 +458,7 @@ _mount_commands()
 SUBCOMMANDS = {
     "toyworld": ("kshot.toyworld.cli", "Generate, export and pretrain the toy world."),
     "continual": ("kshot.continual.cli", "PackNet and continual-learning baselines: run, eval, report."),
-    "prompts": ("kshot.prompts.cli", "Prompt-learning artifacts: explain learned context vectors."),
+    "prompts": ("kshot.methods.prompting.cli", "Prompt-learning artifacts: explain learned context vectors."),
     "challenge": ("kshot.pipelines.cli", "The Jittor challenge pipelines end to end."),
 }
 

@@ -91,7 +91,7 @@ def test_bad_splits():
 
 
 def test_run_base2new_from_disk(tmp_path):
-    from kshot.prompts.cli import run_base2new
+    from kshot.methods.prompting.cli import run_base2new
     from kshot.toyworld.export import export_coop
     from kshot.toyworld.generator import World, WorldSpec
 

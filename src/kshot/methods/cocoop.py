@@ -8,7 +8,7 @@ output is added to every context token, so each image gets its own prompts: v_m(
 
 Cost: text features are re-encoded per image (C prompts per image), so training and `logits()` run the text tower
 B·C times per batch; `eval_batch_size` bounds the memory of `logits()`. `logits()` always needs the backbone
-(attach it after `kshot.methods.load`, see `kshot.prompts.method`). Image features come from the cache instead of
+(attach it after `kshot.methods.load`, see `kshot.methods.prompting.method`). Image features come from the cache instead of
 the official per-step image encoding.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from kshot.config import param
 from kshot.methods.base import METHODS
-from kshot.prompts.method import Design, PromptConfig, PromptMethod, context_block
+from kshot.methods.prompting.method import Design, PromptConfig, PromptMethod, context_block
 
 
 @dataclass(frozen=True)

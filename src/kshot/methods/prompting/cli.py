@@ -1,6 +1,6 @@
 """`kshot prompts ...` (explain, search) and `run_base2new`, the body of `kshot eval --protocol base2new`.
 
-Thin over the library: data -> cached features -> `kshot.eval.base2new` / `kshot.prompts.search` / `explain`.
+Thin over the library: data -> cached features -> `kshot.eval.base2new` / `kshot.methods.prompting.search` / `explain`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _backbone(spec: Any, device: str | None) -> Any:
 def _read(data: str | Path, split: str, layout: str) -> tuple[Any, Any]:
     """(Dataset, Benchmark or None): CoOp benchmark folders through their definitions, anything else by layout."""
     from kshot.data.sources import load_dataset
-    from kshot.prompts.datasets import find_benchmark, load_benchmark
+    from kshot.data.benchmarks import find_benchmark, load_benchmark
 
     path = Path(data)
     bench = find_benchmark(path.name) if layout == "auto" else None
@@ -76,7 +76,7 @@ def run_base2new(
         test: labelled test dataset (default: `data`'s `test_split`).
         templates / prompts: zero-shot prompts (default: the benchmark's CoOp template).
         overrides: {method: {field: value}}; applied over the preset.
-        preset: 'official' or 'seed000' schedules for coop/atprompt (`kshot.prompts.presets`).
+        preset: 'official' or 'seed000' schedules for coop/atprompt (`kshot.methods.prompting.presets`).
         views: augmented views per shot to cache (training draws one per epoch); 0 = plain features.
 
     Returns:
@@ -90,7 +90,7 @@ def run_base2new(
     from kshot.eval.fewshot import ResultStore
     from kshot.features import AugmentPolicy, FeatureStore, default_cache_dir
     from kshot.features.extract import ExtractConfig
-    from kshot.prompts.presets import preset_overrides
+    from kshot.methods.prompting.presets import preset_overrides
     from kshot.text.classifier import build_text_classifier
     from kshot.text.templates import PromptSpec, dataset_template, load_prompt_file
 
@@ -146,8 +146,8 @@ def explain(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ..."),
 ) -> None:
     """Nearest vocabulary words of each learned context vector (and ATPrompt's attributes and search weights)."""
-    from kshot.prompts.interpret import explain as explain_method
-    from kshot.prompts.interpret import format_explanation, load_prompt_method
+    from kshot.methods.prompting.interpret import explain as explain_method
+    from kshot.methods.prompting.interpret import format_explanation, load_prompt_method
 
     method = load_prompt_method(artifact, _backbone(backbone, device) if backbone else None, device)
     if not hasattr(method, "vectors_"):
@@ -179,7 +179,7 @@ def search(
     from kshot.eval.base2new import draw_selection, split_classes
     from kshot.features import FeatureStore, default_cache_dir
     from kshot.features.extract import ExtractConfig
-    from kshot.prompts.search import SearchConfig, read_candidates, search_attributes
+    from kshot.methods.prompting.search import SearchConfig, read_candidates, search_attributes
 
     words = read_candidates(candidates)
     pool, _ = _read(data, "train", layout)

@@ -8,7 +8,7 @@ Backbone at load time. `kshot.methods.load(path)` restores the learned vectors, 
 turn them into class features for *other* class names (`for_classes`, base-to-new), for CoCoOp's per-image prompts,
 and for `kshot prompts explain`. Attach it with `method.attach_backbone(backbone)`; the artifact stores the backbone
 spec and fingerprint (`method.backbone_spec`, a mismatching fingerprint is a `CheckpointError`), and
-`kshot.prompts.load_prompt_method(path)` loads and attaches in one call. CoOp/ATPrompt artifacts also store the text
+`kshot.methods.prompting.load_prompt_method(path)` loads and attaches in one call. CoOp/ATPrompt artifacts also store the text
 features of the fitted classes, so their `logits()` work without a backbone; CoCoOp's raise a `ConfigError` until
 one is attached.
 """
@@ -28,11 +28,11 @@ from kshot.config import param
 from kshot.errors import CheckpointError, ConfigError, DataError
 from kshot.methods.base import Method, Task
 from kshot.methods.checks import check_features, check_task
-from kshot.prompts.layout import Piece, build_layout, coop_pieces
-from kshot.prompts.learner import GroupSpec, PromptLearner, frozen, normal_vectors, word_vectors
-from kshot.prompts.tokens import Tokenizer, content_ids, specials
-from kshot.prompts.tower import TextTower
-from kshot.prompts.train import Schedule, coop_epochs, train_loop
+from kshot.methods.prompting.layout import Piece, build_layout, coop_pieces
+from kshot.methods.prompting.learner import GroupSpec, PromptLearner, frozen, normal_vectors, word_vectors
+from kshot.methods.prompting.tokens import Tokenizer, content_ids, specials
+from kshot.methods.prompting.tower import TextTower
+from kshot.methods.prompting.train import Schedule, coop_epochs, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class PromptMethod(Method):
         if self.tower_ is None:
             raise ConfigError(f"{self.name}: {what} needs the backbone's text tower; after kshot.methods.load(path) "
                               f"call method.attach_backbone(load_backbone({self.backbone_spec!r})) or use "
-                              "kshot.prompts.load_prompt_method(path)")
+                              "kshot.methods.prompting.load_prompt_method(path)")
         return self.tower_
 
     # ---- building ---------------------------------------------------------------------------------------------

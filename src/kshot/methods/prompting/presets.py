@@ -18,7 +18,7 @@ from typing import Any
 
 from kshot.errors import ConfigError
 from kshot.methods.base import METHODS
-from kshot.prompts.datasets import get_benchmark
+from kshot.data.benchmarks import get_benchmark
 
 _OFFICIAL = {"DescribableTextures": {"n_ctx": 4, "epochs": 100}, "ImageNet": {"n_ctx": 2, "epochs": 10}}
 _SEED000 = {"Caltech101": {"n_ctx": 4, "epochs": 25}, "DescribableTextures": {"n_ctx": 2, "epochs": 10}}
