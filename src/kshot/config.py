@@ -18,6 +18,7 @@ allowed where a command has a single section (`parse_sets`); nested documents ta
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -197,7 +198,8 @@ def check_keys(cls: type, keys: Iterable[str], where: str) -> None:
     names = field_names(cls)
     for key in keys:
         if key not in names:
-            raise ConfigError(f"{where} has no field {key!r}; valid keys: {', '.join(names) or '(none)'}")
+            raise ConfigError(f"{where}.{key}: unknown key (no field {key!r} in {cls.__name__}); valid keys: "
+                              f"{', '.join(names) or '(none)'}")
 
 
 def from_dict(cls: type, data: Mapping[str, Any], where: str | None = None) -> Any:
@@ -272,7 +274,7 @@ def split_pair(pair: str) -> tuple[str, Any]:
     """'a.b=value' -> ('a.b', parsed value)."""
     key, sep, raw = pair.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {pair!r}: expected key=value (e.g. tip_adapter.init_alpha=1.0)")
+        raise ConfigError(f"--set {pair!r}: expected key=value or key.path=value (e.g. tip_adapter.init_alpha=1)")
     return key.strip(), parse_value(raw)
 
 
@@ -307,7 +309,7 @@ def parse_sets(pairs: Iterable[str], sections: Iterable[str], default: str | Non
 
 def apply_overrides(doc: Mapping[str, Any], overrides: Iterable[str] | Mapping[str, Any]) -> dict[str, Any]:
     """A copy of a nested document with each `a.b.c=value` applied; list items by index or by their `name`."""
-    out = json.loads(json.dumps(doc, default=str)) if doc else {}
+    out = copy.deepcopy(dict(doc)) if doc else {}
     pairs = overrides.items() if isinstance(overrides, Mapping) else [split_pair(p) for p in overrides]
     for key, value in pairs:
         if isinstance(value, str):

@@ -10,7 +10,7 @@ from kshot.eval import base2new as b2n
 from kshot.eval.fewshot import ResultStore
 from kshot.features.featureset import FeatureSet
 from kshot.methods.base import METHODS
-from tests.prompts.conftest import make_toy_backbone
+from tests.methods.prompting.conftest import make_toy_backbone
 
 NAMES = ["red star", "blue circle", "green square", "yellow heart", "white ring"]  # base = first 3, new = last 2
 

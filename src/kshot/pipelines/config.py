@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kshot.errors import ConfigError
+from kshot.methods import create
 from kshot.pipelines.groups import parse_group
 from kshot.text.templates import DEFAULT_TEMPLATE
 
@@ -297,6 +298,7 @@ def validate(cfg: PipelineConfig) -> None:
             if st.backbone not in cfg.backbones:
                 raise ConfigError(f"{here}: unknown backbone alias {st.backbone!r}; defined: {list(cfg.backbones)}")
             parse_group(st.classes, here)
+            _validate_method(st, here)
             if (st.augment == "none") != (st.views == 0):
                 raise ConfigError(f"{here}: augment 'none' takes views: 0, any other policy views >= 1")
         elif isinstance(st, EnsembleStageConfig):
@@ -320,6 +322,14 @@ def validate(cfg: PipelineConfig) -> None:
         defined.append(name)
     if cfg.output not in cfg.stages:
         raise ConfigError(f"{where}: output {cfg.output!r} is not a stage; stages: {list(cfg.stages)}")
+
+
+def _validate_method(st: MethodStageConfig, where: str) -> None:
+    """The stage's method name and parameters, checked before anything is extracted (a typo costs no extraction)."""
+    try:
+        create(st.method, **dict(st.params))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _validate_route(cfg: PipelineConfig, r: Route, where: str) -> None:
