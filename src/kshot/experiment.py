@@ -121,7 +121,8 @@ def make_task(pool_features: FeatureSet, selection: ShotSelection, classnames: l
     )
 
 
-def build_task(method: Method, train: FeatureSet, classnames: Sequence[str], text_weights: torch.Tensor | None, *,
+def build_task(method: Method | type[Method], train: FeatureSet, classnames: Sequence[str],
+               text_weights: torch.Tensor | None, *,
                val: FeatureSet | None = None, test: FeatureSet | None = None, logit_scale: float = 100.0,
                backbone: Backbone | None = None, images: dict[str, Any] | None = None, seed: int = 0) -> Task:
     """The Task `method` may see: the test features as `unlabeled` only if it is `transductive`, the backbone only

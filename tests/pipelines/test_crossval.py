@@ -61,8 +61,10 @@ def test_tip_adapter_refit_uses_the_median_fold_choice_and_no_search() -> None:
 def test_epoch_and_iteration_rules_count_from_the_best_index() -> None:
     assert METHODS.get("lpp").refit_overrides([{"best_iter": 9}, {"best_iter": 3}, {"best_iter": 5}]) == {
         "iters": 6, "select_on_val": False}
-    assert METHODS.get("linear_probe").refit_overrides([{"C": 1e-2}, {"C": 1e2}, {"C": 1.0}]) == {"C": pytest.approx(1.0)}
-    assert METHODS.get("track1").refit_overrides([{"alpha": 1, "beta": 2, "gamma": 0.5, "best_epoch": 4}])["epochs"] == 5
+    lp = METHODS.get("linear_probe")
+    assert lp.refit_overrides([{"C": 1e-2}, {"C": 1e2}, {"C": 1.0}]) == {"C": pytest.approx(1.0)}
+    track1 = METHODS.get("track1")
+    assert track1.refit_overrides([{"alpha": 1, "beta": 2, "gamma": 0.5, "best_epoch": 4}])["epochs"] == 5
 
 
 def test_methods_without_a_rule_or_without_tuning_keep_their_defaults() -> None:

@@ -165,7 +165,8 @@ def run_cell(inputs: Base2NewInputs, method: str, shots: int, seed: int, overrid
     new_acc = None if moved is None else _accuracy(moved, test_n)
     return {
         "protocol": "base2new", "dataset": inputs.name, "backbone": inputs.spec, "test": data_identity(inputs.test),
-        "method": method, "shots": shots, "seed": seed, "config_hash": config_hash(method, overrides), "config": config_to_dict(m.config),
+        "method": method, "shots": shots, "seed": seed, "config_hash": config_hash(method, overrides),
+        "config": config_to_dict(m.config),
         "base_acc": base_acc, "new_acc": new_acc, "hm": harmonic_mean(base_acc, new_acc),
         "num_base": len(base), "num_new": len(new), "n_test_base": len(test_b), "n_test_new": len(test_n),
         "fit_seconds": round(fit_s, 4), "meta": jsonable(m.fitted_meta()), "kshot": __version__,

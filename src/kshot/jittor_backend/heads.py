@@ -72,7 +72,8 @@ class JittorHead:
         self.kind = str(art.meta.get("jittor_head") or "")
         if self.kind not in HEADS:
             raise CheckpointError(f"method {art.method!r} has no Jittor head (its class declares none; heads: "
-                                  f"{', '.join(HEADS)}; prompt-learning and transductive methods need their torch code)")
+                                  f"{', '.join(HEADS)}; prompt-learning and transductive methods need their torch "
+                                  "code)")
         arrays, meta = HEADS[self.kind]
         missing = [f"array {k!r}" for k in arrays if k not in art.arrays]
         missing += [f"meta {k!r}" for k in meta if art.meta.get(k) is None]

@@ -6,11 +6,11 @@ word embedding of an attribute word ("shape", "color"), each aⁱ block is learn
 soft tokens c are CoOp's context (init N(0, 0.02²)). With `base='cocoop'` the CoCoOp meta-net bias is added to the
 class soft tokens only (as in `cocoop_atp.py`).
 
-Attributes: `attributes` if given; else the differentiable search (`kshot.methods.prompting.search`) over `candidates` on the
-task's train/val shots; else the paper's choice for `dataset` (`kshot.data.benchmarks.BENCHMARKS`); else ImageNet's
-("color", "shape"). Defaults follow `docs/ATPrompt.md`: CoOp+ATP uses NCTX=2 (m = n = 2), 100 epochs and otherwise
-CoOp's `vit_b16` schedule (SGD lr 0.002, batch 32, 1 warm-up epoch + cosine); CoCoOp+ATP 10 epochs, batch 1. The last
-epoch is kept. Like CoOp, image features come from the cache (see `kshot.methods.coop`).
+Attributes: `attributes` if given; else the differentiable search (`kshot.methods.prompting.search`) over `candidates`
+on the task's train/val shots; else the paper's choice for `dataset` (`kshot.data.benchmarks.BENCHMARKS`); else
+ImageNet's ("color", "shape"). Defaults follow `docs/ATPrompt.md`: CoOp+ATP uses NCTX=2 (m = n = 2), 100 epochs and
+otherwise CoOp's `vit_b16` schedule (SGD lr 0.002, batch 32, 1 warm-up epoch + cosine); CoCoOp+ATP 10 epochs, batch 1.
+The last epoch is kept. Like CoOp, image features come from the cache (see `kshot.methods.coop`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ class ATPromptConfig(PromptConfig):
         dataset: benchmark name whose published attributes to use (Caltech101 -> shape, size; ...).
         base: 'coop' or 'cocoop' (meta-net bias on the class soft tokens).
         epochs: None = 100 (coop) / 10 (cocoop); batch_size: None = 32 (coop) / 1 (cocoop).
-        search_epochs, search_max_size: attribute-search schedule (official 40 epochs; see kshot.methods.prompting.search).
+        search_epochs, search_max_size: attribute-search schedule (official 40 epochs; see
+        kshot.methods.prompting.search).
         eval_batch_size: images encoded together in `logits()` for base='cocoop'.
     """
 

@@ -8,8 +8,8 @@ output is added to every context token, so each image gets its own prompts: v_m(
 
 Cost: text features are re-encoded per image (C prompts per image), so training and `logits()` run the text tower
 B·C times per batch; `eval_batch_size` bounds the memory of `logits()`. `logits()` always needs the backbone
-(attach it after `kshot.methods.load`, see `kshot.methods.prompting.method`). Image features come from the cache instead of
-the official per-step image encoding.
+(attach it after `kshot.methods.load`, see `kshot.methods.prompting.method`). Image features come from the cache
+instead of the official per-step image encoding.
 """
 
 from __future__ import annotations

@@ -4,13 +4,13 @@ A subclass describes its prompts (`_design`: recipes of fixed/learned/class piec
 schedule; this class fits them on cached image features with only the text tower in the loop, and implements the
 method contract (DESIGN.md).
 
-Backbone at load time. `kshot.methods.load(path)` restores the learned vectors, but the text tower is needed to
-turn them into class features for *other* class names (`for_classes`, base-to-new), for CoCoOp's per-image prompts,
-and for `kshot prompts explain`. Attach it with `method.attach_backbone(backbone)`; the artifact stores the backbone
-spec and fingerprint (`method.backbone_spec`, a mismatching fingerprint is a `CheckpointError`), and
-`kshot.methods.prompting.load_prompt_method(path)` loads and attaches in one call. CoOp/ATPrompt artifacts also store the text
-features of the fitted classes, so their `logits()` work without a backbone; CoCoOp's raise a `ConfigError` until
-one is attached.
+Backbone at load time. `kshot.methods.load(path)` restores the learned vectors, but the text tower is needed to turn
+them into class features for *other* class names (`for_classes`, base-to-new), for CoCoOp's per-image prompts, and for
+`kshot prompts explain`. Attach it with `method.attach_backbone(backbone)`; the artifact stores the backbone spec and
+fingerprint (`method.backbone_spec`, a mismatching fingerprint is a `CheckpointError`), and
+`kshot.methods.prompting.load_prompt_method(path)` loads and attaches in one call. CoOp/ATPrompt artifacts also store
+the text features of the fitted classes, so their `logits()` work without a backbone; CoCoOp's raise a `ConfigError`
+until one is attached.
 """
 
 from __future__ import annotations
