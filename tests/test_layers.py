@@ -18,8 +18,7 @@ def layers() -> dict[str, int]:
     text = DESIGN.read_text()
     block = text.split("<!-- layers -->")[1].split("<!-- /layers -->")[0]
     out: dict[str, int] = {}
-    for line in block.strip().splitlines():
-        num, _, rest = line.partition(". ")
+    for num, rest in re.findall(r"(\d+)\.\s+([^;]+)", block):
         for name in re.findall(r"`([\w/]+)`", rest):
             out.setdefault(name.split("/")[0], int(num))
     return out

@@ -149,8 +149,8 @@ def fit(
     feats = ex.pool_features(store, bb, pool, used, policy)
     spec = ex.prompt_spec_for(pool, templates, prompts)
     tw = ex.text_weights_for(bb, pool, spec)
-    task = ex.make_task(feats, local, pool.classnames, tw, bb.logit_scale, seed,
-                        backbone=bb if m.needs_backbone else None)
+    task = ex.build_task(m, feats.subset(local.shots), pool.classnames, tw, val=feats.subset(local.val),
+                         logit_scale=bb.logit_scale, backbone=bb, seed=seed)
     m.fit(task)
     info = ex.FittedRun.describe(bb, pool, spec, method=method, shots=shots, seed=seed, data=data)
     ex.FittedRun(m, info).save(out, pool, sel.shots)

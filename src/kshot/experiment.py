@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ShotSelection:
-    """Indices into the training pool: the K shots per class and a disjoint validation split of min(K, 4) per class."""
+    """Indices into the training pool: the K shots per class and a disjoint validation split (`default_val_shots`)."""
 
     shots: np.ndarray
     val: np.ndarray
@@ -103,30 +103,18 @@ def text_weights_for(backbone: Backbone, dataset: Dataset, spec: PromptSpec) -> 
     return build_text_classifier(backbone, dataset.classnames, spec, dataset.class_domains)
 
 
-def make_task(pool_features: FeatureSet, selection: ShotSelection, classnames: list[str],
-              text_weights: torch.Tensor | None, logit_scale: float, seed: int,
-              unlabeled: FeatureSet | None = None, backbone: Backbone | None = None,
-              images: dict[str, Any] | None = None) -> Task:
-    """Assemble a Task from pool features and a selection (indices are into the pool)."""
-    return Task(
-        train=pool_features.subset(selection.shots),
-        val=pool_features.subset(selection.val) if len(selection.val) else None,
-        classnames=list(classnames),
-        text_weights=text_weights,
-        unlabeled=unlabeled,
-        logit_scale=logit_scale,
-        backbone=backbone,
-        images=images,
-        seed=seed,
-    )
-
-
 def build_task(method: Method | type[Method], train: FeatureSet, classnames: Sequence[str],
-               text_weights: torch.Tensor | None, *,
-               val: FeatureSet | None = None, test: FeatureSet | None = None, logit_scale: float = 100.0,
-               backbone: Backbone | None = None, images: dict[str, Any] | None = None, seed: int = 0) -> Task:
+               text_weights: torch.Tensor | None, *, val: FeatureSet | None = None, test: FeatureSet | None = None,
+               logit_scale: float = 100.0, backbone: Backbone | None = None, images: dict[str, Any] | None = None,
+               seed: int = 0) -> Task:
     """The Task `method` may see: the test features as `unlabeled` only if it is `transductive`, the backbone only
-    if it `needs_backbone` (capabilities read from the method class, never from its name)."""
+    if it `needs_backbone` (capabilities read from the method class, never from its name); an empty `val` is None.
+
+    Args:
+        method: the method (or its class) the Task is for.
+        train: the labelled shots [N, D]; classnames: the C names; text_weights: [C, D] or None.
+        val, test: validation features and the test features (given to transductive methods only).
+    """
     return Task(train=train, val=val if val is not None and len(val) else None, classnames=list(classnames),
                 text_weights=text_weights, unlabeled=test if method.transductive else None, logit_scale=logit_scale,
                 backbone=backbone if method.needs_backbone else None, images=images, seed=seed)
