@@ -64,10 +64,6 @@ def _describe_range(meta: Mapping[str, Any]) -> str:
     return " and ".join(parts)
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
 def check_value(tp: Any, value: Any, where: str, meta: Mapping[str, Any] | None = None) -> Any:
     """`value` converted to type hint `tp` (int -> float, list -> tuple) and checked against `meta`'s range.
 

@@ -69,6 +69,7 @@ class Registry(Generic[T]):
         return f"unknown {self.kind} {name!r}{hint}; registered: {', '.join(known) or '(none)'}"
 
     def describe(self, name: str) -> str:
+        self.get(name)
         return self._entries[name].description
 
     def names(self) -> list[str]:

@@ -38,7 +38,7 @@ from kshot.errors import ConfigError
 from kshot.features.featureset import FeatureSet
 from kshot.methods import METHODS, Method, Task, create
 from kshot.pipelines.crossval import effective_folds, shot_folds
-from kshot.pipelines.config import EMBEDDING, parse_view
+from kshot.pipelines.config import parse_view
 from kshot.pipelines.workspace import Workspace, image_encoder
 
 log = logging.getLogger(__name__)
