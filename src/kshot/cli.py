@@ -355,7 +355,7 @@ def eval_(
 ) -> None:
     """Run a protocol (methods x shots x seeds), resumable, and write a Markdown table and few-shot curves."""
     from kshot import workflow as wf
-    from kshot.data.sources import load_dataset
+    from kshot.data.coop_source import load_any
     from kshot.eval.fewshot import FewShotInputs, FewShotProtocol, ResultStore, cached_feature_methods, run_fewshot
     from kshot.eval.report import markdown_table, plot_curves
 
@@ -382,8 +382,8 @@ def eval_(
         return
     names = method_names.split(",") if method_names else cached_feature_methods()
     proto = FewShotProtocol(names, tuple(int(k) for k in (shots or "1,2,4,8,16").split(",")), seed_list, per_method)
-    pool = load_dataset(data, layout=layout, split=train_split)
-    test_ds = load_dataset(test or data, layout=layout if test is None else "auto", split=test_split)
+    pool = load_any(data, layout=layout, split=train_split)
+    test_ds = load_any(test or data, layout=layout if test is None else "auto", split=test_split)
     bb = _load_backbone(backbone, device)
     store = _store(cache, device)
     spec = wf.prompt_spec_for(pool, templates, prompts)
