@@ -119,3 +119,23 @@ def test_unsafe_zip_member_is_refused(tmp_path):
     with pytest.raises(DataError, match="escapes"):
         prepare_dataset("EuroSAT", tmp_path / "DATA", tmp_path / "dl")
     assert not (tmp_path / "DATA" / "evil.txt").exists()
+
+
+def test_imagenet_variant_is_prepared_and_counted(tmp_path, small):
+    import tarfile
+
+    from tests.data.conftest import write_rgb
+
+    for c, wnid in enumerate(["n01498041", "n01531178"]):
+        for i in range(3):
+            write_rgb(tmp_path / "s" / "imagenet-a" / wnid / f"{i}.jpg", seed=10 * c + i)
+    (tmp_path / "dl").mkdir()
+    with tarfile.open(tmp_path / "dl" / "imagenet-a.tar", "w") as tf:
+        tf.add(tmp_path / "s" / "imagenet-a", arcname="imagenet-a")
+    (tmp_path / "dl" / "classnames.txt").write_text("n01498041 stingray\nn01531178 goldfinch\n")
+    small("ImageNetA", 2, (0, None, 6))
+    res = prepare_dataset("imagenet-a", tmp_path / "DATA", tmp_path / "dl")
+    assert res.manifest["counts"] == {"test": 6} and (res.path / "classnames.txt").is_file()
+    assert check_dataset("ImageNetA", tmp_path / "DATA").ok
+    (res.path / "imagenet-a" / "n01498041" / "0.jpg").unlink()
+    assert "5 images, expected 6 (1 missing)" in " ".join(check_dataset("ImageNetA", tmp_path / "DATA").problems)
