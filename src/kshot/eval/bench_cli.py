@@ -23,6 +23,8 @@ from kshot.eval.fewshot import FewShotInputs, FewShotProtocol, ResultStore, run_
 from kshot.eval.paper import paper_rows, write_tables
 from kshot.eval.report import plot_curves
 from kshot.features import FeatureStore, default_cache_dir
+from kshot.toyworld.export import export_world
+from kshot.toyworld.generator import World
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -34,9 +36,6 @@ def dataset_paths(datasets: str, root: Optional[Path], out: Path) -> list[Path]:
     paths = []
     for d in (x.strip() for x in datasets.split(",") if x.strip()):
         if d == "toy":
-            from kshot.toyworld.export import export_world
-            from kshot.toyworld.generator import World
-
             target = out / "data" / "toy"
             if not target.is_dir():
                 export_world(World(), "imagefolder", target, n_train=8, n_val=2, n_test=4, seed=0)
