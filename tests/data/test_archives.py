@@ -59,8 +59,9 @@ def test_wrapper_archive_is_accepted_in_place_of_the_inner_one(tmp_path):
     (tmp_path / "dl").mkdir()
     with zipfile.ZipFile(tmp_path / "dl" / "caltech-101.zip", "w") as zf:  # what torchvision downloads
         zf.write(inner, "caltech-101/101_ObjectCategories.tar.gz")
-    found = locate(catalog.CATALOG["Caltech101"].archives[0], tmp_path / "dl")
-    assert found == tmp_path / "dl" / "101_ObjectCategories.tar.gz" and found.read_bytes() == inner.read_bytes()
+    found = locate(catalog.CATALOG["Caltech101"].archives[0], tmp_path / "dl", tmp_path / "scratch")
+    assert found == tmp_path / "scratch" / "101_ObjectCategories.tar.gz" and found.read_bytes() == inner.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["caltech-101.zip"]  # the user's folder untouched
 
 
 def test_truncated_zip_and_tar_are_named(tmp_path):

@@ -28,15 +28,17 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 
 
-def locate(archive: Archive, source: Path | None) -> Path | None:
-    """`source/<filename>`, else the file extracted from its wrapper in `source` (into `source`), else None."""
+def locate(archive: Archive, source: Path | None, scratch: Path | None = None) -> Path | None:
+    """`source/<filename>`, else the file taken out of its wrapper in `source` (into `scratch`, default `source`),
+    else None."""
     if source is None:
         return None
     direct = source / archive.filename
     if direct.is_file():
         return direct
     if archive.wrapper and (source / archive.wrapper[0]).is_file():
-        return _from_wrapper(source / archive.wrapper[0], archive.wrapper[1], direct)
+        (scratch or source).mkdir(parents=True, exist_ok=True)
+        return _from_wrapper(source / archive.wrapper[0], archive.wrapper[1], (scratch or source) / archive.filename)
     return None
 
 

@@ -98,8 +98,9 @@ def prepare_dataset(name: str, root: Path | str, source: Path | str | None = Non
     shutil.rmtree(state / "tmp", ignore_errors=True)
     state.mkdir(parents=True, exist_ok=True)
     archives = []
+    downloads = root / ".downloads" / entry.folder
     for archive in entry.archives:
-        path = locate(archive, src)
+        path = locate(archive, src, downloads)
         if path is None and not archive.required:
             continue
         done = state / f"{archive.filename}.done"
@@ -107,7 +108,7 @@ def prepare_dataset(name: str, root: Path | str, source: Path | str | None = Non
             if archive.url is None:
                 raise DataError(f"{entry.name} needs {archive.filename} ({archive.size}) in the --from folder"
                                 + (f": {entry.note}" if entry.note else ""))
-            path = download(archive, root / ".downloads" / entry.folder, mirror)
+            path = download(archive, downloads, mirror)
         if not done.exists():
             _place(archive.filename, path, work, state / "tmp", progress)
             atomic_write_text(done, "")
