@@ -150,6 +150,7 @@ def _blocked_interval_counts(parts: tuple[torch.Tensor, ...], affinity: torch.Te
     ng, na = block_w.shape[0], len(alphas)
     rows = max(1, min(n, min(CACHE_ROWS_ELEMENTS, max_elements) // max(1, c * k, ng * c)))
     w_ck = block_w[0] if ng == 1 else block_w.permute(1, 0, 2).contiguous()  # [C, k] or [C, G, k]
+    unit = ng == 1 and bool((w_ck == 1).all())  # plain Tip-Adapter cache: a sum, no weights
     correct = torch.zeros(len(betas), na, ng, dtype=torch.int64, device=affinity.device)
     idx, neg_dz, flat_bad = parts
     for r0 in range(0, n, rows):
@@ -158,8 +159,10 @@ def _blocked_interval_counts(parts: tuple[torch.Tensor, ...], affinity: torch.Te
         kern = torch.empty_like(one_minus)
         for ib, beta in enumerate(betas.tolist()):
             torch.mul(one_minus, -beta, out=kern).exp_()  # = cache_kernel(affinity, beta), bit for bit
-            if ng == 1:
-                cache = (kern * w_ck).sum(-1)[None]  # [1, R, C]
+            if unit:
+                cache = kern.sum(-1)[None]  # [1, R, C]
+            elif ng == 1:
+                cache = (kern * w_ck).sum(-1)[None]
             else:
                 cache = torch.einsum("rck,cgk->grc", kern, w_ck)  # [G, R, C]
             lower, upper = _interval_bounds(part, cache)  # [G, R]
