@@ -17,7 +17,11 @@ O(N·C), and counts the α values inside them in O(N·A), instead of an arg-max 
 `strategy="argmax"` does the literal arg-max (same counts up to floating-point ties at an interval end).
 When every cache row has a single non-zero value (one-hot labels, possibly re-weighted: all kshot cache methods),
 the cache logits are contracted per class block ([N, C, k] against [C, k]) instead of against the dense [M, C]
-values, C times fewer operations (`class_blocks`).
+values, C times fewer operations (`class_blocks`). That path runs in blocks of validation rows sized to the CPU
+cache (`CACHE_ROWS_ELEMENTS`): per row block the affinity is gathered into class blocks once, and every β of the
+grid reuses it (the kernel is rebuilt in place, bit-identical to `cache_kernel`), so memory stays O(rows·M) for any
+grid and validation size. Chosen cells and counts are those of the dense path (the tests compare both with the
+literal loop).
 """
 
 from __future__ import annotations
