@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -43,8 +44,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kshot.config import param
 from kshot.errors import ConfigError
 from kshot.features.featureset import FeatureSet
+from kshot.methods import refit
 from kshot.methods._lp_common import accuracy, cpu_generator, training_rows
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
@@ -75,19 +78,15 @@ class LinearProbeConfig:
     """
 
     solver: str = "torch"
-    C: float | None = None
-    c_grid: tuple[float, ...] = LPCLIP_C_GRID
-    search_steps: int = 8
-    default_C: float = 1.0
-    max_iter: int = 1000
-    tol: float = 1e-4
+    C: float | None = param(None, gt=0)
+    c_grid: tuple[float, ...] = param(LPCLIP_C_GRID, gt=0)
+    search_steps: int = param(8, ge=1)
+    default_C: float = param(1.0, gt=0)
+    max_iter: int = param(1000, ge=1)
+    tol: float = param(1e-4, gt=0)
     dtype: str = "auto"
     use_aug_views: bool = False
-    val_per_class: str = "lpclip"
-
-    def __post_init__(self) -> None:
-        if self.val_per_class not in ("lpclip", "all"):
-            raise ConfigError(f"linear_probe: val_per_class must be 'lpclip' or 'all', got {self.val_per_class!r}")
+    val_per_class: str = param("lpclip", choices=("lpclip", "all"))
 
 
 #: lpclip's `val_shot_list`: validation images per class for K training shots (other K: min(K, 4)).
@@ -258,6 +257,13 @@ class LinearProbe(Method):
 
     name = "linear_probe"
     config_cls = LinearProbeConfig
+    cv_tunes: ClassVar[bool | None] = True
+    jittor_head: ClassVar[str | None] = "linear"
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return {"C": refit.log_median(metas, "C")}
     needs_text: ClassVar[bool] = False
     supports_empty_classes: ClassVar[bool] = False
 
