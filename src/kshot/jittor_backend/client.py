@@ -34,6 +34,7 @@ from kshot.jittor_backend.runtime import (
     jittor_env,
 )
 from kshot.jittor_backend.weights import jclip_state
+from kshot.methods import METHODS
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +177,16 @@ class JittorSession:
         if not path.is_file():
             raise JittorError(f"{path}: no such artifact file")
         x = features.detach().float().cpu().contiguous().numpy()
-        if len(x) == 0:  # one dummy row gives the class count without zero-sized Jittor ops
-            out = self._call("head_logits", artifact=str(path), input=np.zeros((1, x.shape[1]), np.float32))[:0]
-        else:
-            out = self._call("head_logits", artifact=str(path), input=x)
+        try:
+            if len(x) == 0:  # one dummy row gives the class count without zero-sized Jittor ops
+                out = self._call("head_logits", artifact=str(path), input=np.zeros((1, x.shape[1]), np.float32))[:0]
+            else:
+                out = self._call("head_logits", artifact=str(path), input=x)
+        except JittorError as e:
+            if "has no Jittor head" not in str(e):
+                raise
+            with_head = ", ".join(entry.name for entry in METHODS if entry.obj.jittor_head)
+            raise JittorError(f"{e}; methods with a Jittor head: {with_head}") from None
         return torch.from_numpy(out).to(features.device)
 
     def describe(self) -> dict[str, Any]:
