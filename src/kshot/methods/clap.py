@@ -102,7 +102,7 @@ def batches_per_epoch(num_images: int, batch_size: int) -> int:
 
 def class_confidence(x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
     """α_c = mean over rows of class c of softmax(s · x̂ Tᵀ)_c  [C]; 1 for classes without rows."""
-    prob = torch.softmax(scale * F.normalize(x, dim=-1) @ text.T, dim=-1)
+    prob = torch.softmax(scale * F.normalize(x, dim=-1) @ F.normalize(text, dim=-1).T, dim=-1)
     c = text.shape[0]
     own = torch.zeros(c, dtype=prob.dtype, device=x.device).index_add_(0, y, prob.gather(1, y[:, None]).squeeze(1))
     counts = torch.bincount(y, minlength=c).to(prob.dtype)

@@ -136,7 +136,7 @@ class ProKeR(Method):
                 torch.linspace(float(b0), float(b1), int(bn)), torch.linspace(float(l0), float(l1), int(ln)))
             log.info("proker: beta=%.4g lambda=%.4g (val acc %.4f)", self.beta_, self.lmbda_, self.val_accuracy_)
         system = rbf_kernel(xd, xd, self.beta_) / self.lmbda_ + torch.eye(len(xd), dtype=xd.dtype, device=dev)
-        self.coef_ = torch.linalg.solve(system, residual).float()  # [n, C]
+        self.coef_ = torch.linalg.solve(system, residual).float().contiguous()  # [n, C]
         self.keys_, self.text_ = x.float().clone(), text.float()
         self.scale_ = float(task.logit_scale)
         self.fitted_ = True
