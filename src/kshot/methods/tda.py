@@ -224,7 +224,8 @@ class TDA(Method):
         on_stream = len(f) == self.stream_len_ and features_fingerprint(f) == self.fingerprint_
         order = self.order_.to(dev) if on_stream else torch.arange(len(f), device=dev)
         rows = f[order]
-        times = torch.arange(len(f), device=dev) if on_stream else torch.full((len(f),), self.stream_len_,
+        # other features see the caches as the last stream image saw them (stream time n − 1)
+        times = torch.arange(len(f), device=dev) if on_stream else torch.full((len(f),), self.stream_len_ - 1,
                                                                               device=dev)
         cfg = self.config
         out = self._base_logits(rows)
