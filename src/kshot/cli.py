@@ -348,6 +348,8 @@ def eval_(
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="method.key=value override; repeat."),
     preset: Optional[str] = typer.Option(None, help="base2new: prompt-learning preset (official | seed000)."),
     views: int = typer.Option(0, help="base2new: augmented views of the shots to cache and train on."),
+    no_val: bool = typer.Option(False, "--no-val", help="fewshot: draw no validation split; every method runs with "
+                                "its defaults (CLAP's comparison)."),
     out: Path = typer.Option(Path("kshot-out/eval"), "--out", "-o", help="Results folder (results.jsonl, tables, "
                              "plots); re-running skips finished cells."),
     cache: Optional[Path] = CacheOpt,
@@ -381,7 +383,8 @@ def eval_(
         console.print(f"results in {out}")
         return
     names = method_names.split(",") if method_names else cached_feature_methods()
-    proto = FewShotProtocol(names, tuple(int(k) for k in (shots or "1,2,4,8,16").split(",")), seed_list, per_method)
+    proto = FewShotProtocol(names, tuple(int(k) for k in (shots or "1,2,4,8,16").split(",")), seed_list, per_method,
+                            k_val=0 if no_val else None)
     pool = load_dataset(data, layout=layout, split=train_split)
     test_ds = load_dataset(test or data, layout=layout if test is None else "auto", split=test_split)
     bb = _load_backbone(backbone, device)

@@ -148,8 +148,9 @@ def test_shots_help_on_a_task_where_zero_shot_is_weak():
 
 def test_needs_the_stream_and_checks_features():
     task, test = stream_task(k=2)
-    with pytest.raises(DataError, match="unlabeled"):
-        create("tda").fit(replace(task, unlabeled=None))
+    no_stream = create("tda").fit(replace(task, unlabeled=None))  # `kshot fit`: no stream, empty caches
+    assert no_stream.fitted_meta()["pos_entries"] == 0
+    torch.testing.assert_close(no_stream.logits(test.features), create("tip_adapter").fit(task).logits(test.features))
     bad = replace(task.unlabeled, features=task.unlabeled.features.clone())
     bad.features[0, 0] = float("nan")
     with pytest.raises(DataError, match="NaN"):

@@ -38,7 +38,7 @@ class FewShotProtocol:
         shots: K values.
         seeds: sampling seeds (each seed also seeds the method's training).
         overrides: per-method config overrides, {method: {field: value}}.
-        k_val: validation shots per class; None = min(K, 4) as in CoOp.
+        k_val: validation shots per class; None = min(K, 4) as in CoOp; 0 = no validation split (`--no-val`).
     """
 
     methods: list[str]
@@ -122,7 +122,7 @@ def run_cell(inputs: FewShotInputs, method: str, shots: int, seed: int, override
     else:
         shot_idx = np.zeros(0, dtype=np.int64)
     kv = min(max(shots, 1), 4) if k_val is None else k_val
-    val_idx = np.asarray(sample_val(labels, shot_idx, kv, seed), dtype=np.int64)
+    val_idx = np.asarray(sample_val(labels, shot_idx, kv, seed) if kv > 0 else [], dtype=np.int64)
     task = Task(train=inputs.pool.subset(shot_idx), val=inputs.pool.subset(val_idx) if len(val_idx) else None,
                 classnames=inputs.classnames, text_weights=inputs.text_weights,
                 unlabeled=inputs.test if m.transductive else None, logit_scale=inputs.logit_scale, seed=seed,

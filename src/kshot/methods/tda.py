@@ -16,7 +16,8 @@ last (worst) entry when the new entropy is strictly lower, then sort by entropy;
 (0.2, 0.5), mask (0.03, 1.0)). Per-dataset values are in `configs/<dataset>.yaml`; pass them as overrides.
 
 kshot's stream and vectorisation:
-- The stream is `task.unlabeled` in a seeded shuffle (`task.seed`), recorded in the fitted meta (its seed and a
+- The stream is `task.unlabeled` in a seeded shuffle (`task.seed`; without a stream, as in `kshot fit`, the caches
+  stay empty and a warning says so), recorded in the fitted meta (its seed and a
   fingerprint of the stream features) and part of the result: TDA's accuracy depends on the order.
 - The cache membership is simulated once with scalars (entropies and predictions are computed for the whole
   stream at once). Each entry is active for an interval of stream times [t_in, t_out); the logits of the image at
@@ -41,7 +42,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from kshot.errors import CheckpointError, DataError
+from kshot.errors import CheckpointError
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
 from kshot.methods.search import cache_kernel
@@ -153,10 +154,13 @@ class TDA(Method):
     def fit(self, task: Task) -> "TDA":
         cfg = self.config
         check_task(task, needs_shots=False, needs_text=True, supports_empty_classes=True, method=self.name)
-        if task.unlabeled is None or len(task.unlabeled) == 0:
-            raise DataError("tda is transductive: it needs task.unlabeled (the test stream); this task has none")
         check_val_covers(task, self.name)
-        x = task.unlabeled.features.float()
+        if task.unlabeled is None or len(task.unlabeled) == 0:
+            log.warning("tda: no test stream (task.unlabeled): the caches stay empty, logits are the base logits; "
+                        "`kshot eval` and pipeline stages pass the test features as the stream")
+            x = task.text_weights.new_zeros(0, task.text_weights.shape[1]).float().to(task.train.features.device)
+        else:
+            x = task.unlabeled.features.float()
         dev = x.device
         self.text_ = task.text_weights.float().to(dev)
         self.scale_ = float(task.logit_scale)
@@ -183,7 +187,8 @@ class TDA(Method):
             else:
                 p = prob[src_t]
                 values = ((p > cfg.neg_mask[0]) & (p < cfg.neg_mask[1])).float()
-            caches[kind] = (stream[src_t], values, torch.tensor(t_in, device=dev), torch.tensor(t_out, device=dev))
+            caches[kind] = (stream[src_t], values, torch.tensor(t_in, dtype=torch.long, device=dev),
+                           torch.tensor(t_out, dtype=torch.long, device=dev))
         self.caches_ = caches
         self.stream_len_ = n
         self.fingerprint_ = features_fingerprint(x)
