@@ -176,3 +176,15 @@ def test_real_jittor_jt_load_reads_every_export(tmp_path: Path) -> None:
     r = subprocess.run([find_python(), "-c", JT_LOAD, *paths], env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "lpp.pkl" in r.stdout and "packnet.pkl" in r.stdout and "toy.pkl" in r.stdout
+
+
+@pytest.mark.parametrize("name", ["gda", "zs_lp", "clap"])
+def test_linear_frontier_heads_export_as_weight_and_bias(name: str, tmp_path: Path) -> None:
+    """GDA, ZS-LP and CLAP fit one linear head: the exported weight + bias alone reproduce kshot's logits."""
+    task = make_task()
+    method = create(name, **({"epochs": 5} if name != "gda" else {})).fit(task)
+    res = export_jittor(tmp_path / f"{name}.pkl", source=method.save(tmp_path / name))
+    doc = read_jittor_artifact(res.path)
+    x = task.unlabeled.features.numpy()
+    np.testing.assert_allclose(x @ doc["weight"].T + doc["bias"], method.logits(task.unlabeled.features).numpy(),
+                               rtol=1e-5, atol=1e-4)

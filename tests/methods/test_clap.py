@@ -86,8 +86,8 @@ def test_clap_runs_without_validation_and_ignores_it():
 
 def test_constraint_keeps_prototypes_nearer_the_text():
     task, _ = make_task(c=6, k=4, d=16)
-    free = create("zs_lp", epochs=60).fit(task).weight_
-    held = create("clap", epochs=60, constraint="balanced").fit(task).weight_
+    free = create("zs_lp", epochs=60).fit(task).weight_ / task.logit_scale
+    held = create("clap", epochs=60, constraint="balanced").fit(task).weight_ / task.logit_scale
     text = task.text_weights
     assert (held - text).norm(dim=1).mean() < (free - text).norm(dim=1).mean()
 

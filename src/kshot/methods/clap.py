@@ -155,17 +155,20 @@ class ZSLP(Method):
         alpha = self._alpha(x, y, text, self.scale_)
         self.alpha_ = alpha
         protos = train_prototypes(x, y, text, alpha, len(task.train), self.scale_, cfg, task.seed)
-        self.weight_ = F.normalize(protos, dim=-1)
+        # a linear head on the (unit-norm) features: weight s·P̂, bias 0 (what the Jittor export carries)
+        self.weight_ = (self.scale_ * F.normalize(protos, dim=-1)).contiguous()
+        self.bias_ = torch.zeros(len(protos), device=protos.device)
         self.fitted_ = True
         return self
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
         check_features(features, self.weight_.shape[1])
-        return self.scale_ * F.normalize(features.float(), dim=-1) @ self.weight_.to(features.device).T
+        dev = features.device
+        return torch.addmm(self.bias_.to(dev), F.normalize(features.float(), dim=-1), self.weight_.to(dev).T)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {"weight": self.weight_}
+        state = {"weight": self.weight_, "bias": self.bias_}
         if self.alpha_ is not None:
             state["alpha"] = self.alpha_
         return state
@@ -175,7 +178,7 @@ class ZSLP(Method):
 
     def load_state_dict(self, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         try:
-            self.weight_, self.scale_ = state["weight"].float(), float(meta["scale"])
+            self.weight_, self.bias_, self.scale_ = state["weight"].float(), state["bias"].float(), float(meta["scale"])
         except KeyError as e:
             raise CheckpointError(f"{self.name} artifact is missing {e}") from None
         self.alpha_ = state.get("alpha")

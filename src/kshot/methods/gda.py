@@ -24,6 +24,8 @@ kshot departures and additions:
   fallback Σ⁻¹ = D · I (unit-norm features spread evenly over D dimensions), i.e. a nearest-class-mean head, and logs
   a warning.
 - Without text weights (image-only backbones) the logits are the pure GDA classifier f Wᵀ + b (`needs_text=False`).
+- The fitted state is one linear head, weight = s·T + α·W and bias = α·b (W, b without text), so that exports
+  (Jittor `.pkl`) carry a plain weight + bias.
 Every class needs at least one training row (a class mean); classes without shots are an error naming them.
 """
 
@@ -127,33 +129,28 @@ class GDA(Method):
         x, y = training_rows(task.train, cfg.use_aug_views)
         w, b, self.fallback_ = gda_head(x, y, task.num_classes)
         dev = x.device
-        self.weight_, self.bias_ = w.float(), b.float()
-        self.text_ = task.text_weights.float().to(dev) if task.text_weights is not None else None
         self.scale_ = float(task.logit_scale)
         self.alpha_, self.val_accuracy_ = cfg.init_alpha, None
-        if task.val is not None and len(task.val) > 0:
+        text = task.text_weights.double().to(dev) if task.text_weights is not None else None
+        if text is not None and task.val is not None and len(task.val) > 0:
             vx = task.val.features.double().to(dev)
-            zs = self.scale_ * vx @ self.text_.double().T if self.text_ is not None else vx.new_zeros(len(vx), 1)
-            self.alpha_, self.val_accuracy_ = select_alpha(zs, vx @ w.T + b, task.val.labels, cfg.alphas,
-                                                           cfg.init_alpha)
+            self.alpha_, self.val_accuracy_ = select_alpha(self.scale_ * vx @ text.T, vx @ w.T + b, task.val.labels,
+                                                           cfg.alphas, cfg.init_alpha)
             log.info("gda: alpha=%s (val acc %.4f)", self.alpha_, self.val_accuracy_)
+        # one linear head (what the Jittor export carries): s·T + α·W, α·b; or W, b without text
+        self.weight_ = (w if text is None else self.scale_ * text + self.alpha_ * w).float().contiguous()
+        self.bias_ = (b if text is None else self.alpha_ * b).float().contiguous()
         self.fitted_ = True
         return self
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
         check_features(features, self.weight_.shape[1])
-        dev, f = features.device, features.float()
-        head = torch.addmm(self.bias_.to(dev), f, self.weight_.to(dev).T)
-        if self.text_ is None:
-            return head
-        return self.scale_ * f @ self.text_.to(dev).T + self.alpha_ * head
+        dev = features.device
+        return torch.addmm(self.bias_.to(dev), features.float(), self.weight_.to(dev).T)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {"weight": self.weight_, "bias": self.bias_}
-        if self.text_ is not None:
-            state["text_weights"] = self.text_
-        return state
+        return {"weight": self.weight_, "bias": self.bias_}
 
     def fitted_meta(self) -> dict[str, Any]:
         return {"alpha": self.alpha_, "scale": self.scale_, "val_accuracy": self.val_accuracy_,
@@ -165,6 +162,5 @@ class GDA(Method):
             self.alpha_, self.scale_ = float(meta["alpha"]), float(meta["scale"])
         except KeyError as e:
             raise CheckpointError(f"{self.name} artifact is missing {e}") from None
-        self.text_ = state["text_weights"].float() if "text_weights" in state else None
         self.val_accuracy_ = meta.get("val_accuracy")
         self.fallback_ = bool(meta.get("isotropic_fallback", False))
