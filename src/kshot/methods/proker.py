@@ -24,6 +24,9 @@ kshot departures:
 - For each β the kernel is eigen-decomposed once (float64), K = U Λ Uᵀ, and every λ reuses it:
   A_λ = U diag(λ / (Λ + λ)) Uᵀ R. This is the official solve, computed once per β instead of once per (β, λ).
 - The training rows are the plain shots plus their cached augmented views (`use_aug_views`).
+- Above `search_max_rows` training rows (ImageNet: 16,000), the search runs on a seeded subset of the classes
+  (their shots and val items; the kernel, the residual and the scoring keep every class column), so that each β
+  costs one small eigendecomposition; the final system K/λ + I over every row is solved once by Cholesky.
 Classes without shots are fine: their regression target is −f Tᵀ, so they keep a text-driven score
 (`supports_empty_classes`).
 """
@@ -58,12 +61,15 @@ class ProKeRConfig:
         lmbda_grid: (start, end, steps) for λ. Official ImageNet [0.05, 0.25, 10].
         search: search on `task.val` when given; otherwise (or without val) the transferred ImageNet values.
         use_aug_views: also regress the cached augmented views of the shots (official: 10 augmented passes).
+        search_max_rows: above this many training rows the search runs on a seeded subset of the classes holding
+            about this many rows (their val items only); the final solve always uses every row.
     """
 
     beta_grid: tuple[float, float, int] = (1.5, 3.0, 10)
     lmbda_grid: tuple[float, float, int] = (0.05, 0.25, 10)
     search: bool = True
     use_aug_views: bool = True
+    search_max_rows: int = 4096
 
     def __post_init__(self) -> None:
         for name in ("beta_grid", "lmbda_grid"):
@@ -73,8 +79,8 @@ class ProKeRConfig:
 
 
 def rbf_kernel(x: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
-    """exp(−β (1 − x yᵀ)) for x [n, D], y [m, D] -> [n, m]."""
-    return torch.exp(-beta * (1.0 - x @ y.T))
+    """exp(−β (1 − x yᵀ)) for x [n, D], y [m, D] -> [n, m] (in place on the product: one n × m buffer)."""
+    return (x @ y.T).sub_(1.0).mul_(beta).exp_()
 
 
 def transferred_hps(shots: int) -> tuple[float, float]:
@@ -127,20 +133,41 @@ class ProKeR(Method):
         shots = int(torch.bincount(task.train.labels).max())
         self.beta_, self.lmbda_ = transferred_hps(shots)
         self.val_accuracy_ = None
+        self.search_classes_ = None
         if cfg.search and task.val is not None and len(task.val) > 0:
-            vx = task.val.features.double().to(dev)
+            sx, sres, vx, vy = self._search_split(task, xd, y, residual)
             b0, b1, bn = cfg.beta_grid
             l0, l1, ln = cfg.lmbda_grid
             self.beta_, self.lmbda_, self.val_accuracy_ = search_proker(
-                xd, residual, vx, vx @ text.T, task.val.labels.to(dev),
+                sx, sres, vx, vx @ text.T, vy,
                 torch.linspace(float(b0), float(b1), int(bn)), torch.linspace(float(l0), float(l1), int(ln)))
             log.info("proker: beta=%.4g lambda=%.4g (val acc %.4f)", self.beta_, self.lmbda_, self.val_accuracy_)
-        system = rbf_kernel(xd, xd, self.beta_) / self.lmbda_ + torch.eye(len(xd), dtype=xd.dtype, device=dev)
-        self.coef_ = torch.linalg.solve(system, residual).float().contiguous()  # [n, C]
+        system = rbf_kernel(xd, xd, self.beta_).div_(self.lmbda_)
+        system.diagonal().add_(1.0)
+        # K/λ + I is symmetric positive definite (eigenvalues >= 1): one Cholesky factorisation
+        self.coef_ = torch.cholesky_solve(residual, torch.linalg.cholesky(system)).float().contiguous()  # [n, C]
+        del system
         self.keys_, self.text_ = x.float().clone(), text.float()
         self.scale_ = float(task.logit_scale)
         self.fitted_ = True
         return self
+
+    def _search_split(self, task: Task, x: torch.Tensor, y: torch.Tensor, residual: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows, residuals and val (features, labels) of the search: all, or a seeded class subset when large."""
+        dev = x.device
+        vx, vy = task.val.features.double().to(dev), task.val.labels.to(dev)
+        if len(x) <= self.config.search_max_rows:
+            return x, residual, vx, vy
+        c = task.num_classes
+        keep_n = max(2, c * self.config.search_max_rows // len(x))
+        keep = torch.zeros(c, dtype=torch.bool)
+        keep[torch.randperm(c, generator=torch.Generator().manual_seed(int(task.seed)))[:keep_n]] = True
+        keep = keep.to(dev)
+        self.search_classes_ = keep_n
+        log.info("proker: %d rows > search_max_rows; searching on %d of %d classes", len(x), keep_n, c)
+        rows, vrows = keep[y], keep[vy]
+        return x[rows], residual[rows], vx[vrows], vy[vrows]
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
@@ -154,7 +181,8 @@ class ProKeR(Method):
         return {"keys": self.keys_, "coef": self.coef_, "text_weights": self.text_}
 
     def fitted_meta(self) -> dict[str, Any]:
-        return {"beta": self.beta_, "lmbda": self.lmbda_, "scale": self.scale_, "val_accuracy": self.val_accuracy_}
+        return {"beta": self.beta_, "lmbda": self.lmbda_, "scale": self.scale_, "val_accuracy": self.val_accuracy_,
+                "search_classes": self.search_classes_}
 
     def load_state_dict(self, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         try:
@@ -163,3 +191,4 @@ class ProKeR(Method):
         except KeyError as e:
             raise CheckpointError(f"{self.name} artifact is missing {e}") from None
         self.val_accuracy_ = meta.get("val_accuracy")
+        self.search_classes_ = meta.get("search_classes")
