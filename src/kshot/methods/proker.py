@@ -26,7 +26,8 @@ kshot departures:
 - The training rows are the plain shots plus their cached augmented views (`use_aug_views`).
 - Above `search_max_rows` training rows (ImageNet: 16,000), the search runs on a seeded subset of the classes
   (their shots and val items; the kernel, the residual and the scoring keep every class column), so that each β
-  costs one small eigendecomposition; the final system K/λ + I over every row is solved once by Cholesky.
+  costs one small eigendecomposition; the final system K/λ + I over every row is solved once by Cholesky (in
+  float32 there: it is positive definite with eigenvalues >= 1).
 Classes without shots are fine: their regression target is −f Tᵀ, so they keep a text-driven score
 (`supports_empty_classes`).
 """
@@ -142,10 +143,12 @@ class ProKeR(Method):
                 sx, sres, vx, vx @ text.T, vy,
                 torch.linspace(float(b0), float(b1), int(bn)), torch.linspace(float(l0), float(l1), int(ln)))
             log.info("proker: beta=%.4g lambda=%.4g (val acc %.4f)", self.beta_, self.lmbda_, self.val_accuracy_)
-        system = rbf_kernel(xd, xd, self.beta_).div_(self.lmbda_)
+        # K/λ + I is symmetric positive definite (eigenvalues >= 1): one Cholesky factorisation, float64 up to
+        # `search_max_rows` rows, float32 above (ImageNet: 16k rows; float64 doubles time and memory)
+        xs = xd if len(xd) <= cfg.search_max_rows else x.float()
+        system = rbf_kernel(xs, xs, self.beta_).div_(self.lmbda_)
         system.diagonal().add_(1.0)
-        # K/λ + I is symmetric positive definite (eigenvalues >= 1): one Cholesky factorisation
-        self.coef_ = torch.cholesky_solve(residual, torch.linalg.cholesky(system)).float().contiguous()  # [n, C]
+        self.coef_ = torch.cholesky_solve(residual.to(xs.dtype), torch.linalg.cholesky(system)).float().contiguous()
         del system
         self.keys_, self.text_ = x.float().clone(), text.float()
         self.scale_ = float(task.logit_scale)
