@@ -46,7 +46,7 @@ from kshot.errors import CheckpointError
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
 from kshot.methods.search import cache_kernel
-from kshot.methods.tip_adapter import TipAdapterConfig, build_cache, one_hot, search_tip, tip_logits
+from kshot.methods.tip_adapter import TipAdapterConfig, build_cache, in_row_chunks, one_hot, search_tip, tip_logits
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,9 @@ class TDAConfig:
         neg_mask: (lower, upper) probability band that sets a negative value to 1 (0.03, 1.0).
         shuffle: shuffle the stream with `task.seed` (False: the given order).
         shot_alpha, shot_beta: Tip-Adapter cache of the labelled shots without a validation split (Tip's 1.17, 1).
-        search_shots: search (β_s, α_s) on `task.val` with Tip-Adapter's grid.
+        search_shots: search (β_s, α_s) on `task.val` with Tip-Adapter's grid ranges (β < 7, α < 3).
+        shot_search_steps: (β, α) grid sizes of that search; coarser than Tip's (200, 20) because the shot cache
+            is a kshot addition and the search dominates the fit at ImageNet size.
         block: stream images per block in the vectorised computation (memory knob; results do not depend on it).
     """
 
@@ -78,6 +80,7 @@ class TDAConfig:
     shot_alpha: float = 1.17
     shot_beta: float = 1.0
     search_shots: bool = True
+    shot_search_steps: tuple[int, int] = (20, 10)
     block: int = 1024
 
 
@@ -171,6 +174,7 @@ class TDA(Method):
         self.order_ = torch.randperm(n, generator=gen) if cfg.shuffle else torch.arange(n)
         stream = x[self.order_.to(dev)]
         z = self._base_logits(stream)
+        self._stream_base = z  # reused by `logits` on the fitted stream in this process (not saved)
         logp = torch.log_softmax(z, dim=1)
         loss = -(logp.exp() * logp).sum(dim=1)  # natural-log entropy, as `softmax_entropy`
         prob, pred = logp.exp(), z.argmax(dim=1)
@@ -207,7 +211,8 @@ class TDA(Method):
             return
         keys, labels = build_cache(task.train)
         self.shot_keys_, self.shot_labels_ = keys.float().to(dev), labels.to(dev)
-        tip_cfg = TipAdapterConfig(init_beta=cfg.shot_beta, init_alpha=cfg.shot_alpha, search=cfg.search_shots)
+        tip_cfg = TipAdapterConfig(init_beta=cfg.shot_beta, init_alpha=cfg.shot_alpha, search=cfg.search_shots,
+                                   search_steps=tuple(cfg.shot_search_steps))
         values = one_hot(self.shot_labels_, task.num_classes)
         found = search_tip(tip_cfg, task, self.text_, lambda f: f @ self.shot_keys_.T, values)
         if found:
@@ -218,8 +223,9 @@ class TDA(Method):
         if len(self.shot_keys_) == 0:
             return self.scale_ * f @ text.T
         values = one_hot(self.shot_labels_.to(f.device), text.shape[0])
-        return tip_logits(f, text, self.shot_keys_.to(f.device), values, self.shot_alpha_, self.shot_beta_,
-                          self.scale_)
+        keys = self.shot_keys_.to(f.device)
+        return in_row_chunks(lambda r: tip_logits(r, text, keys, values, self.shot_alpha_, self.shot_beta_,
+                                                  self.scale_), f)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
@@ -233,7 +239,8 @@ class TDA(Method):
         times = torch.arange(len(f), device=dev) if on_stream else torch.full((len(f),), self.stream_len_ - 1,
                                                                               device=dev)
         cfg = self.config
-        out = self._base_logits(rows)
+        cached = getattr(self, "_stream_base", None)
+        out = cached.to(dev).clone() if on_stream and cached is not None else self._base_logits(rows)
         for kind, sign, alpha, beta in (("pos", 1.0, cfg.pos_alpha, cfg.pos_beta),
                                         ("neg", -1.0, cfg.neg_alpha, cfg.neg_beta)):
             keys, values, t_in, t_out = (t.to(dev) for t in self.caches_[kind])
