@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from kshot.eval.fewshot import FewShotInputs, FewShotProtocol, ResultStore, cached_feature_methods, run_fewshot
 from kshot.features.featureset import FeatureSet
 from kshot.methods import Task, create
+from kshot.workflow import parse_overrides
 
 
 def synthetic(classes: int, per_class: int, test: int, dim: int, device: str, seed: int = 0):
@@ -47,7 +48,12 @@ def main() -> None:
     ap.add_argument("--sweep-classes", type=int, default=50, help="classes in the protocol sweep")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--methods", default=None, help="comma-separated subset (default: every cached-feature method)")
+    ap.add_argument("--set", action="append", default=[], help="method.key=value override; repeat")
     args = ap.parse_args()
+    overrides: dict[str, dict] = {}
+    for pair in args.set:
+        method, _, rest = pair.partition(".")
+        overrides.setdefault(method, {}).update(parse_overrides([rest]))
     torch.set_num_threads(args.threads)
 
     pool, tst, text = synthetic(args.classes, args.shots + 4, args.test, args.dim, args.device)
@@ -60,7 +66,7 @@ def main() -> None:
     print(f"{'method':<14} {'fit s':>9} {'predict s':>10} {'top-1':>7} {'peak RSS MB':>12}")
     names = args.methods.split(",") if args.methods else cached_feature_methods()
     for name in names:
-        m = create(name)
+        m = create(name, **overrides.get(name, {}))
         t0 = time.perf_counter()
         m.fit(task)
         fit_s = time.perf_counter() - t0

@@ -70,7 +70,7 @@ class ProKeRConfig:
     lmbda_grid: tuple[float, float, int] = (0.05, 0.25, 10)
     search: bool = True
     use_aug_views: bool = True
-    search_max_rows: int = 4096
+    search_max_rows: int = 2048
 
     def __post_init__(self) -> None:
         for name in ("beta_grid", "lmbda_grid"):
