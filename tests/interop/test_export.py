@@ -178,6 +178,19 @@ def test_real_jittor_jt_load_reads_every_export(tmp_path: Path) -> None:
     assert "lpp.pkl" in r.stdout and "packnet.pkl" in r.stdout and "toy.pkl" in r.stdout
 
 
+def test_export_names_the_head_the_method_class_declares():
+    from kshot.experiment import zeroshot_on
+    from kshot.interop.export import method_to_jittor_dict
+    from kshot.methods import METHODS
+
+    doc = method_to_jittor_dict(zeroshot_on(["a", "b"], torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)))
+    assert json.loads(doc["meta"])["jittor_head"] == "zeroshot"
+    heads = {e.name: e.obj.jittor_head for e in METHODS if e.obj.jittor_head}
+    assert heads == {"zeroshot": "zeroshot", "linear_probe": "linear", "lpp": "lpp", "tip_adapter": "tip",
+                     "tip_adapter_f": "tip", "ape": "ape", "gda": "linear", "zs_lp": "linear", "clap": "linear"}
+    # the six heads of kshot.jittor_backend.heads; GDA, ZS-LP and CLAP are linear heads (weight, bias)
+
+
 @pytest.mark.parametrize("name", ["gda", "zs_lp", "clap"])
 def test_linear_frontier_heads_export_as_weight_and_bias(name: str, tmp_path: Path) -> None:
     """GDA, ZS-LP and CLAP fit one linear head: the exported weight + bias alone reproduce kshot's logits."""

@@ -26,7 +26,8 @@ def official_lp(feats, labels, base_text, constraint, epochs, batch_size, seed, 
     if constraint:
         logits_ds = scale * F.normalize(feats, dim=-1) @ F.normalize(base_text, dim=-1).T
         labels_one_hot = F.one_hot(labels)
-        alpha_constraint = torch.diag(torch.softmax(logits_ds, -1).t() @ labels_one_hot.to(feats.dtype)) / labels_one_hot.sum(0)
+        alpha_constraint = (torch.diag(torch.softmax(logits_ds, -1).t() @ labels_one_hot.to(feats.dtype))
+                            / labels_one_hot.sum(0))
     num_batches = max(1, len(feats) // batch_size)
     gen = torch.Generator().manual_seed(seed)
     buf = None

@@ -115,3 +115,12 @@ def test_class_without_shots_is_named():
     task, _ = make_task(c=6, k=2, d=16, empty=(3,))
     with pytest.raises(Exception, match="class3"):
         create("gda").fit(replace(task, val=None))
+
+
+def test_refit_overrides_fix_the_folds_alpha():
+    from kshot.methods.gda import GDA
+
+    task, test = make_task(c=6, k=4, d=16)
+    m = create("gda").fit(task)
+    refit = create("gda", **GDA.refit_overrides([m.fitted_meta()])).fit(replace(task, val=None))
+    assert refit.alpha_ == m.alpha_ and torch.equal(refit.logits(test.features), m.logits(test.features))

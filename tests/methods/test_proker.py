@@ -89,3 +89,12 @@ def test_round_trip_and_logit_checks(tmp_path):
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_rejects_bad_tasks(case):
     assert_rejects("proker", case)
+
+
+def test_refit_overrides_fix_the_folds_beta_and_lambda():
+    from kshot.methods.proker import ProKeR
+
+    task, test = make_task(c=6, k=4, d=16)
+    m = create("proker").fit(task)
+    refit = create("proker", **ProKeR.refit_overrides([m.fitted_meta()])).fit(task)
+    assert (refit.beta_, refit.lmbda_) == (m.beta_, m.lmbda_) and refit.fitted_meta()["val_accuracy"] is None

@@ -158,3 +158,12 @@ def test_needs_the_stream_and_checks_features():
     dup = FeatureSet(test.features[:1].repeat(10, 1), torch.full((10,), -1), [""] * 10)
     assert torch.isfinite(create("tda").fit(replace(task, unlabeled=dup)).logits(dup.features)).all()
     assert_logits_input_checks(create("tda").fit(task), 16)
+
+
+def test_refit_overrides_fix_the_shot_cache():
+    from kshot.methods.tda import TDA
+
+    task, _ = stream_task(k=4, seed=1)
+    m = create("tda").fit(task)
+    refit = create("tda", **TDA.refit_overrides([m.fitted_meta()])).fit(replace(task, val=None))
+    assert (refit.shot_alpha_, refit.shot_beta_) == (m.shot_alpha_, m.shot_beta_)

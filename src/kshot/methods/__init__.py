@@ -1,6 +1,6 @@
 """Few-shot methods behind one interface. Each module registers one method in `METHODS`."""
 
-from kshot.methods.base import METHODS, Method, Task, create, load
+from kshot.methods.base import METHODS, Method, Task, config_to_dict, create, load
 
 # Method modules are imported here explicitly (no star imports); each registers itself.
 from kshot.methods import zeroshot  # noqa: F401
@@ -21,4 +21,4 @@ from kshot.methods import proker  # noqa: F401
 from kshot.methods import clap  # noqa: F401
 from kshot.methods import tda  # noqa: F401
 
-__all__ = ["METHODS", "Method", "Task", "create", "load"]
+__all__ = ["METHODS", "Method", "Task", "config_to_dict", "create", "load"]

@@ -27,13 +27,16 @@ Classes without shots have no cache entry; their pool is the text feature alone 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from kshot.config import param
 from kshot.errors import CheckpointError, ConfigError, DataError
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features
 from kshot.methods.search import cache_kernel, grid_search, linear_grid
@@ -142,15 +145,15 @@ class APEConfig:
         cache_policy: see `TipAdapterConfig.cache_policy` (official: "mean" of 10 augmented views).
     """
 
-    lam: float = 0.5
-    channels: float = 400.0
-    reference_dim: int = 1024
-    init_beta: float = 1.0
-    init_alpha: float = 3.0
-    init_gamma: float = 0.1
+    lam: float = param(0.5, ge=0, le=1)
+    channels: float = param(400.0, gt=0)
+    reference_dim: int = param(1024, ge=1)
+    init_beta: float = param(1.0, ge=0)
+    init_alpha: float = param(3.0, ge=0)
+    init_gamma: float = param(0.1, ge=0)
     search: bool = True
-    search_scale: tuple[float, float, float] = (7.0, 7.0, 1.0)
-    search_steps: tuple[int, int, int] = (200, 20, 20)
+    search_scale: tuple[float, float, float] = param((7.0, 7.0, 1.0), gt=0)
+    search_steps: tuple[int, int, int] = param((200, 20, 20), ge=1)
     cache_policy: str = "mean"
 
     def __post_init__(self) -> None:
@@ -183,6 +186,13 @@ def search_ape(cfg: Any, task: Task, clip_logits_fn: Any, affinity_fn: Any, valu
 class APE(Method):
     name = "ape"
     config_cls = APEConfig
+    cv_tunes: ClassVar[bool | None] = True
+    jittor_head: ClassVar[str | None] = "ape"
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return refit.cache_values(metas, gamma=True)
     supports_empty_classes: ClassVar[bool] = True
 
     def fit(self, task: Task) -> "APE":

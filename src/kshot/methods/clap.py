@@ -142,6 +142,8 @@ class ZSLP(Method):
     name = "zs_lp"
     config_cls: ClassVar[type] = ZSLPConfig
     supports_empty_classes: ClassVar[bool] = True
+    jittor_head: ClassVar[str | None] = "linear"  # f Wᵀ + b from the saved weight, bias
+    cv_tunes: ClassVar[bool | None] = False  # nothing is chosen on validation data
 
     def _alpha(self, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor | None:
         return None

@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from kshot.errors import CheckpointError, ConfigError
+from kshot.methods import refit
 from kshot.methods._lp_common import training_rows
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
@@ -121,6 +123,14 @@ class GDA(Method):
     config_cls = GDAConfig
     needs_text: ClassVar[bool] = False
     supports_empty_classes: ClassVar[bool] = False
+    jittor_head: ClassVar[str | None] = "linear"  # f Wᵀ + b from the saved weight, bias
+    cv_tunes: ClassVar[bool | None] = True
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' median α as the only candidate and the no-val value."""
+        alpha = refit.median(metas, "alpha")
+        return {"alphas": (alpha,), "init_alpha": alpha}
 
     def fit(self, task: Task) -> "GDA":
         cfg = self.config

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -33,8 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kshot.config import param
 from kshot.errors import ConfigError
 from kshot.methods._lp_common import accuracy, training_rows
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
 
@@ -62,12 +65,12 @@ class LinearProbeConfig:
     """
 
     solver: str = "torch"
-    C: float | None = None
-    c_grid: tuple[float, ...] = LPCLIP_C_GRID
-    search_steps: int = 8
-    default_C: float = 1.0
-    max_iter: int = 1000
-    tol: float = 1e-4
+    C: float | None = param(None, gt=0)
+    c_grid: tuple[float, ...] = param(LPCLIP_C_GRID, gt=0)
+    search_steps: int = param(8, ge=1)
+    default_C: float = param(1.0, gt=0)
+    max_iter: int = param(1000, ge=1)
+    tol: float = param(1e-4, gt=0)
     dtype: str = "auto"
     use_aug_views: bool = False
 
@@ -205,6 +208,13 @@ class LinearProbe(Method):
 
     name = "linear_probe"
     config_cls = LinearProbeConfig
+    cv_tunes: ClassVar[bool | None] = True
+    jittor_head: ClassVar[str | None] = "linear"
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return {"C": refit.log_median(metas, "C")}
     needs_text: ClassVar[bool] = False
     supports_empty_classes: ClassVar[bool] = False
 

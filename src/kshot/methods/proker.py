@@ -35,6 +35,7 @@ Classes without shots are fine: their regression target is −f Tᵀ, so they ke
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -42,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from kshot.errors import CheckpointError, ConfigError
+from kshot.methods import refit
 from kshot.methods._lp_common import training_rows
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
@@ -55,7 +57,9 @@ IMAGENET_HPS = {1: (3.0, 0.05), 2: (2.6, 0.05), 4: (1.5, 0.05), 8: (1.66, 0.07),
 
 @dataclass(frozen=True)
 class ProKeRConfig:
-    """ProKeR hyper-parameters (defaults: `omarnust/BReg-Adapter @ f2ecb3d2 : configs/RN50/configs_proker/imagenet.yaml`).
+    """ProKeR hyper-parameters.
+
+    Defaults: `omarnust/BReg-Adapter @ f2ecb3d2 : configs/RN50/configs_proker/imagenet.yaml`.
 
     Attributes:
         beta_grid: (start, end, steps) of `linspace` for β. Official ImageNet [1.5, 3, 10].
@@ -64,6 +68,7 @@ class ProKeRConfig:
         use_aug_views: also regress the cached augmented views of the shots (official: 10 augmented passes).
         search_max_rows: above this many training rows the search runs on a seeded subset of the classes holding
             about this many rows (their val items only); the final solve always uses every row.
+        init_beta, init_lmbda: (β, λ) without a search, instead of the transferred ImageNet values (both or neither).
     """
 
     beta_grid: tuple[float, float, int] = (1.5, 3.0, 10)
@@ -71,6 +76,8 @@ class ProKeRConfig:
     search: bool = True
     use_aug_views: bool = True
     search_max_rows: int = 2048
+    init_beta: float | None = None
+    init_lmbda: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("beta_grid", "lmbda_grid"):
@@ -121,6 +128,13 @@ class ProKeR(Method):
     name = "proker"
     config_cls = ProKeRConfig
     supports_empty_classes: ClassVar[bool] = True
+    cv_tunes: ClassVar[bool | None] = True
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' median (β, λ), search off."""
+        return {"init_beta": refit.median(metas, "beta"), "init_lmbda": refit.median(metas, "lmbda"),
+                "search": False}
 
     def fit(self, task: Task) -> "ProKeR":
         cfg = self.config
@@ -133,6 +147,8 @@ class ProKeR(Method):
         residual = F.one_hot(y, task.num_classes).double() - xd @ text.T
         shots = int(torch.bincount(task.train.labels).max())
         self.beta_, self.lmbda_ = transferred_hps(shots)
+        if cfg.init_beta is not None and cfg.init_lmbda is not None:
+            self.beta_, self.lmbda_ = float(cfg.init_beta), float(cfg.init_lmbda)
         self.val_accuracy_ = None
         self.search_classes_ = None
         if cfg.search and task.val is not None and len(task.val) > 0:

@@ -37,12 +37,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from kshot.errors import CheckpointError
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
 from kshot.methods.search import cache_kernel
@@ -153,6 +155,13 @@ class TDA(Method):
     config_cls = TDAConfig
     transductive: ClassVar[bool] = True
     supports_empty_classes: ClassVar[bool] = True
+    cv_tunes: ClassVar[bool | None] = True
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' median shot-cache (α_s, β_s), search off."""
+        return {"shot_alpha": refit.median(metas, "shot_alpha"), "shot_beta": refit.median(metas, "shot_beta"),
+                "search_shots": False}
 
     def fit(self, task: Task) -> "TDA":
         cfg = self.config

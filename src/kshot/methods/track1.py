@@ -49,15 +49,18 @@ residual row (text term only) (`supports_empty_classes`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
+from kshot.config import param
 from kshot.errors import CheckpointError, ConfigError
 from kshot.methods.ape import (between_class_variance, cross_class_product_sum, kl_confidence, project,
                                resolve_num_channels, search_ape, select_channels)
 from kshot.methods.ape_t import pad_residual
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features
 from kshot.methods.search import cache_kernel
@@ -132,23 +135,23 @@ class Track1Config:
         epochs: 30. batch_size: 256. lr: 1e-4. eps: 1e-3 (AdamW). weight_decay: 0.1 (the seed's APE-T port).
     """
 
-    lam: float = 0.3
-    channels: float = 700.0
-    reference_dim: int = 1024
-    text_share: float = 0.5
+    lam: float = param(0.3, ge=0, le=1)
+    channels: float = param(700.0, gt=0)
+    reference_dim: int = param(1024, ge=1)
+    text_share: float = param(0.5, ge=0, le=1)
     variance: str = "text_between_class"
-    init_beta: float = 1.0
-    init_alpha: float = 0.8
-    init_gamma: float = 0.1
+    init_beta: float = param(1.0, ge=0)
+    init_alpha: float = param(0.8, ge=0)
+    init_gamma: float = param(0.1, ge=0)
     search: bool = True
-    search_scale: tuple[float, float, float] = (7.0, 7.0, 1.0)
-    search_steps: tuple[int, int, int] = (200, 20, 20)
+    search_scale: tuple[float, float, float] = param((7.0, 7.0, 1.0), gt=0)
+    search_steps: tuple[int, int, int] = param((200, 20, 20), ge=1)
     cache_policy: str = "mean"
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 1e-4
-    eps: float = 1e-3
-    weight_decay: float = 0.1
+    epochs: int = param(30, ge=0)
+    batch_size: int = param(256, ge=1)
+    lr: float = param(1e-4, gt=0)
+    eps: float = param(1e-3, gt=0)
+    weight_decay: float = param(0.1, ge=0)
 
     def __post_init__(self) -> None:
         validate_cache_policy(self.cache_policy)
@@ -167,6 +170,12 @@ class Track1Config:
 class Track1(Method):
     name = "track1"
     config_cls = Track1Config
+    cv_tunes: ClassVar[bool | None] = True
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return {**refit.cache_values(metas, gamma=True), "epochs": refit.count(metas, "best_epoch")}
     supports_empty_classes: ClassVar[bool] = True
 
     def fit(self, task: Task) -> "Track1":

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from kshot.errors import ConfigError
-from kshot.prompts.layout import Layout
-from kshot.prompts.tower import TextTower
+from kshot.methods.prompting.layout import Layout
+from kshot.methods.prompting.tower import TextTower
 
 
 @dataclass(frozen=True)

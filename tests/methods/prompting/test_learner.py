@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from kshot.prompts.layout import attribute_pieces, build_layout, coop_pieces
-from kshot.prompts.learner import GroupSpec, PromptLearner, frozen, normal_vectors, word_vectors
-from kshot.prompts.tokens import content_ids, specials
-from kshot.prompts.tower import TextTower
+from kshot.methods.prompting.layout import attribute_pieces, build_layout, coop_pieces
+from kshot.methods.prompting.learner import GroupSpec, PromptLearner, frozen, normal_vectors, word_vectors
+from kshot.methods.prompting.tokens import content_ids, specials
+from kshot.methods.prompting.tower import TextTower
 
 from .conftest import TOY_NAMES
 

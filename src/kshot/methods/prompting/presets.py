@@ -7,15 +7,18 @@
   result reported there) keeps the official 100 / 2.
 
 A preset gives the same `epochs`/`n_ctx` to `coop` and `atprompt` (so the two are compared on one schedule) and the
-dataset's published attributes to `atprompt`; other methods get no overrides.
+dataset's published attributes to `atprompt`; other methods get no overrides (methods opt in with the class
+attribute `follows_prompt_presets`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from kshot.errors import ConfigError
-from kshot.prompts.datasets import get_benchmark
+from kshot.methods.base import METHODS
+from kshot.data.benchmarks import get_benchmark
 
 _OFFICIAL = {"DescribableTextures": {"n_ctx": 4, "epochs": 100}, "ImageNet": {"n_ctx": 2, "epochs": 10}}
 _SEED000 = {"Caltech101": {"n_ctx": 4, "epochs": 25}, "DescribableTextures": {"n_ctx": 2, "epochs": 10}}
@@ -33,9 +36,10 @@ def preset_overrides(preset: str, dataset: str, method: str) -> dict[str, Any]:
     if preset not in PRESETS:
         raise ConfigError(f"unknown prompt preset {preset!r}; known: {', '.join(PRESETS)}")
     b = get_benchmark(dataset)
-    if method not in ("coop", "atprompt"):
+    cls = METHODS.get(method)
+    if not getattr(cls, "follows_prompt_presets", False):
         return {}
     out = dict(PRESETS[preset].get(b.name, _DEFAULT))
-    if method == "atprompt":
+    if "dataset" in {f.name for f in dataclasses.fields(cls.config_cls)}:  # reads the published attributes
         out["dataset"] = b.name
     return out

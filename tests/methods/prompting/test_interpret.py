@@ -3,9 +3,9 @@
 from typer.testing import CliRunner
 
 from kshot.methods import create
-from kshot.prompts.cli import app
-from kshot.prompts.interpret import explain, format_explanation, load_prompt_method, nearest_words
-from kshot.prompts.tokens import content_ids
+from kshot.methods.prompting.cli import app
+from kshot.methods.prompting.interpret import explain, format_explanation, load_prompt_method, nearest_words
+from kshot.methods.prompting.tokens import content_ids
 
 from .conftest import TOY_NAMES, feature_task
 

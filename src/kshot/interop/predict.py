@@ -85,7 +85,7 @@ def predict_jittor(backbone: Any, dataset: Any, method: Any = None, *, classname
     """
     from kshot.interop.export import method_to_jittor_dict, save_jittor_artifact
     from kshot.jittor_backend.client import JittorSession
-    from kshot.methods import Task, create
+    from kshot.experiment import zeroshot_on
     from kshot.text.classifier import build_text_classifier
 
     with tempfile.TemporaryDirectory(prefix="kshot-jittor-predict-") as tmp, \
@@ -94,9 +94,7 @@ def predict_jittor(backbone: Any, dataset: Any, method: Any = None, *, classname
             if not classnames:
                 raise DataError("zero-shot prediction needs class names")
             tw = build_text_classifier(JittorTextTower(backbone, session), list(classnames), text_spec, class_domains)
-            empty = FeatureSet(torch.zeros(0, backbone.embed_dim), torch.zeros(0, dtype=torch.long), [])
-            method = create("zeroshot").fit(Task(train=empty, classnames=list(classnames), text_weights=tw,
-                                                 logit_scale=backbone.logit_scale))
+            method = zeroshot_on(list(classnames), tw, backbone.logit_scale)
         pkl = save_jittor_artifact(method_to_jittor_dict(method), Path(tmp) / f"{method.name}.pkl")
         fs = jittor_features(session, backbone, dataset, batch_size=batch_size)
         logits = session.head_logits(pkl, fs.features)

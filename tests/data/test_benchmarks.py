@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from kshot.errors import ConfigError, DataError
-from kshot.prompts.datasets import BENCHMARKS, find_benchmark, load_benchmark
-from kshot.prompts.presets import preset_overrides
+from kshot.data.benchmarks import BENCHMARKS, find_benchmark, load_benchmark
+from kshot.methods.prompting.presets import preset_overrides
 
 
 def _img(path):

@@ -1,10 +1,11 @@
 """`kshot prompts ...` (explain, search) and `run_base2new`, the body of `kshot eval --protocol base2new`.
 
-Thin over the library: data -> cached features -> `kshot.eval.base2new` / `kshot.prompts.search` / `explain`.
+Thin over the library: data -> cached features -> `kshot.eval.base2new` / `kshot.methods.prompting.search` / `explain`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -32,7 +33,7 @@ def _backbone(spec: Any, device: str | None) -> Any:
 def _read(data: str | Path, split: str, layout: str) -> tuple[Any, Any]:
     """(Dataset, Benchmark or None): CoOp benchmark folders through their definitions, anything else by layout."""
     from kshot.data.sources import load_dataset
-    from kshot.prompts.datasets import find_benchmark, load_benchmark
+    from kshot.data.benchmarks import find_benchmark, load_benchmark
 
     path = Path(data)
     bench = find_benchmark(path.name) if layout == "auto" else None
@@ -75,7 +76,7 @@ def run_base2new(
         test: labelled test dataset (default: `data`'s `test_split`).
         templates / prompts: zero-shot prompts (default: the benchmark's CoOp template).
         overrides: {method: {field: value}}; applied over the preset.
-        preset: 'official' or 'seed000' schedules for coop/atprompt (`kshot.prompts.presets`).
+        preset: 'official' or 'seed000' schedules for coop/atprompt (`kshot.methods.prompting.presets`).
         views: augmented views per shot to cache (training draws one per epoch); 0 = plain features.
 
     Returns:
@@ -83,16 +84,17 @@ def run_base2new(
     """
     import numpy as np
 
-    from kshot.eval.base2new import Base2NewInputs, Base2NewProtocol, draw_selection, markdown_table, plot_bars
-    from kshot.eval.base2new import run_protocol, split_classes
+    from kshot.eval.base2new import DEFAULT_METHODS, Base2NewInputs, Base2NewProtocol, draw_selection, markdown_table
+    from kshot.eval.base2new import plot_bars, run_protocol, split_classes
+    from kshot.methods import METHODS
     from kshot.eval.fewshot import ResultStore
     from kshot.features import AugmentPolicy, FeatureStore, default_cache_dir
     from kshot.features.extract import ExtractConfig
-    from kshot.prompts.presets import preset_overrides
+    from kshot.methods.prompting.presets import preset_overrides
     from kshot.text.classifier import build_text_classifier
     from kshot.text.templates import PromptSpec, dataset_template, load_prompt_file
 
-    names = list(methods or ("zeroshot", "coop", "atprompt"))
+    names = list(methods or DEFAULT_METHODS)
     ks = (shots,) if isinstance(shots, int) else tuple(int(k) for k in shots)
     pool, bench = _read(data, train_split, layout)
     test_ds = _read(test, test_split, "auto")[0] if test is not None else _read(data, test_split, layout)[0]
@@ -101,8 +103,9 @@ def run_base2new(
     per: dict[str, dict[str, Any]] = {}
     for m in names:
         o = dict(preset_overrides(preset, pool.name, m)) if preset else {}
-        if m == "atprompt" and bench is not None and not o.get("dataset"):
-            o["dataset"] = bench.name  # the paper's attributes for this dataset, unless overridden
+        takes_dataset = "dataset" in {f.name for f in dataclasses.fields(METHODS.get(m).config_cls)}
+        if takes_dataset and bench is not None and not o.get("dataset"):
+            o["dataset"] = bench.name  # e.g. ATPrompt: the paper's attributes for this dataset, unless overridden
         o.update((overrides or {}).get(m, {}))
         per[m] = o
     bb = _backbone(backbone, device)
@@ -143,8 +146,8 @@ def explain(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ..."),
 ) -> None:
     """Nearest vocabulary words of each learned context vector (and ATPrompt's attributes and search weights)."""
-    from kshot.prompts.interpret import explain as explain_method
-    from kshot.prompts.interpret import format_explanation, load_prompt_method
+    from kshot.methods.prompting.interpret import explain as explain_method
+    from kshot.methods.prompting.interpret import format_explanation, load_prompt_method
 
     method = load_prompt_method(artifact, _backbone(backbone, device) if backbone else None, device)
     if not hasattr(method, "vectors_"):
@@ -176,7 +179,7 @@ def search(
     from kshot.eval.base2new import draw_selection, split_classes
     from kshot.features import FeatureStore, default_cache_dir
     from kshot.features.extract import ExtractConfig
-    from kshot.prompts.search import SearchConfig, read_candidates, search_attributes
+    from kshot.methods.prompting.search import SearchConfig, read_candidates, search_attributes
 
     words = read_candidates(candidates)
     pool, _ = _read(data, "train", layout)

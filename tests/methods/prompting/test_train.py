@@ -5,7 +5,7 @@ import math
 import torch
 
 from kshot.features.featureset import FeatureSet
-from kshot.prompts.train import Schedule, coop_epochs, dassl_lr, epoch_batches, epoch_features, train_loop
+from kshot.methods.prompting.train import Schedule, coop_epochs, dassl_lr, epoch_batches, epoch_features, train_loop
 
 
 def test_schedule_warmup_then_cosine_from_base_lr():

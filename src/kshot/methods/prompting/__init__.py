@@ -5,14 +5,14 @@ The methods themselves are registered in `kshot.methods` (`create("coop")`, ...)
 `kshot.eval.base2new`.
 """
 
-from kshot.prompts.datasets import BENCHMARKS, Benchmark, find_benchmark, get_benchmark, load_benchmark
-from kshot.prompts.interpret import explain, load_prompt_method, nearest_words
-from kshot.prompts.layout import CLASS, Layout, Learned, build_layout
-from kshot.prompts.learner import GroupSpec, PromptLearner, frozen
-from kshot.prompts.presets import PRESETS, preset_overrides
-from kshot.prompts.search import SearchConfig, SearchResult, read_candidates, search_attributes
-from kshot.prompts.tokens import content_ids, specials
-from kshot.prompts.tower import TextTower
+from kshot.data.benchmarks import BENCHMARKS, Benchmark, find_benchmark, get_benchmark, load_benchmark
+from kshot.methods.prompting.interpret import explain, load_prompt_method, nearest_words
+from kshot.methods.prompting.layout import CLASS, Layout, Learned, build_layout
+from kshot.methods.prompting.learner import GroupSpec, PromptLearner, frozen
+from kshot.methods.prompting.presets import PRESETS, preset_overrides
+from kshot.methods.prompting.search import SearchConfig, SearchResult, read_candidates, search_attributes
+from kshot.methods.prompting.tokens import content_ids, specials
+from kshot.methods.prompting.tower import TextTower
 
 __all__ = [
     "BENCHMARKS",

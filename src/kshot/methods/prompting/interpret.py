@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from kshot.prompts.tokens import token_strings
+from kshot.methods.prompting.tokens import token_strings
 
 
 def nearest_words(vectors: torch.Tensor, embedding: torch.Tensor, tokenizer: Any, k: int = 5

@@ -3,7 +3,7 @@
 import pytest
 
 from kshot.errors import DataError
-from kshot.prompts.tokens import content_ids, specials, token_strings
+from kshot.methods.prompting.tokens import content_ids, specials, token_strings
 
 
 @pytest.mark.parametrize("which", ["toy_bb", "bpe_bb"])

@@ -31,11 +31,11 @@ import torch.nn.functional as F
 
 from kshot.errors import ConfigError, DataError
 from kshot.features.featureset import FeatureSet
-from kshot.prompts.layout import attribute_pieces, build_layout, coop_pieces
-from kshot.prompts.learner import GroupSpec, PromptLearner, frozen, normal_vectors
-from kshot.prompts.tokens import content_ids, specials
-from kshot.prompts.tower import TextTower
-from kshot.prompts.train import Schedule, amp_context, epoch_batches, train_loop
+from kshot.methods.prompting.layout import attribute_pieces, build_layout, coop_pieces
+from kshot.methods.prompting.learner import GroupSpec, PromptLearner, frozen, normal_vectors
+from kshot.methods.prompting.tokens import content_ids, specials
+from kshot.methods.prompting.tower import TextTower
+from kshot.methods.prompting.train import Schedule, amp_context, epoch_batches, train_loop
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from kshot.errors import ConfigError, DataError
 from kshot.features.featureset import FeatureSet
-from kshot.prompts.search import SearchConfig, combinations, read_candidates, search_attributes
+from kshot.methods.prompting.search import SearchConfig, combinations, read_candidates, search_attributes
 
 from .conftest import TOY_NAMES
 

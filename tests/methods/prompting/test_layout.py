@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from kshot.errors import ConfigError, DataError
-from kshot.prompts.layout import CLASS, Learned, attribute_pieces, build_layout, coop_pieces
-from kshot.prompts.tokens import content_ids, specials
+from kshot.methods.prompting.layout import CLASS, Learned, attribute_pieces, build_layout, coop_pieces
+from kshot.methods.prompting.tokens import content_ids, specials
 
 
 def test_rows_are_recipe_major_with_bank_offsets(toy_bb):

@@ -4,13 +4,13 @@ A subclass describes its prompts (`_design`: recipes of fixed/learned/class piec
 schedule; this class fits them on cached image features with only the text tower in the loop, and implements the
 method contract (DESIGN.md).
 
-Backbone at load time. `kshot.methods.load(path)` restores the learned vectors, but the text tower is needed to
-turn them into class features for *other* class names (`for_classes`, base-to-new), for CoCoOp's per-image prompts,
-and for `kshot prompts explain`. Attach it with `method.attach_backbone(backbone)`; the artifact stores the backbone
-spec and fingerprint (`method.backbone_spec`, a mismatching fingerprint is a `CheckpointError`), and
-`kshot.prompts.load_prompt_method(path)` loads and attaches in one call. CoOp/ATPrompt artifacts also store the text
-features of the fitted classes, so their `logits()` work without a backbone; CoCoOp's raise a `ConfigError` until
-one is attached.
+Backbone at load time. `kshot.methods.load(path)` restores the learned vectors, but the text tower is needed to turn
+them into class features for *other* class names (`for_classes`, base-to-new), for CoCoOp's per-image prompts, and for
+`kshot prompts explain`. Attach it with `method.attach_backbone(backbone)`; the artifact stores the backbone spec and
+fingerprint (`method.backbone_spec`, a mismatching fingerprint is a `CheckpointError`), and
+`kshot.methods.prompting.load_prompt_method(path)` loads and attaches in one call. CoOp/ATPrompt artifacts also store
+the text features of the fitted classes, so their `logits()` work without a backbone; CoCoOp's raise a `ConfigError`
+until one is attached.
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kshot.config import param
 from kshot.errors import CheckpointError, ConfigError, DataError
 from kshot.methods.base import Method, Task
 from kshot.methods.checks import check_features, check_task
-from kshot.prompts.layout import Piece, build_layout, coop_pieces
-from kshot.prompts.learner import GroupSpec, PromptLearner, frozen, normal_vectors, word_vectors
-from kshot.prompts.tokens import Tokenizer, content_ids, specials
-from kshot.prompts.tower import TextTower
-from kshot.prompts.train import Schedule, coop_epochs, train_loop
+from kshot.methods.prompting.layout import Piece, build_layout, coop_pieces
+from kshot.methods.prompting.learner import GroupSpec, PromptLearner, frozen, normal_vectors, word_vectors
+from kshot.methods.prompting.tokens import Tokenizer, content_ids, specials
+from kshot.methods.prompting.tower import TextTower
+from kshot.methods.prompting.train import Schedule, coop_epochs, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +54,18 @@ class PromptConfig:
         amp: bf16 autocast on CUDA (CoOp trains CLIP in fp16); CPU always runs fp32.
     """
 
-    n_ctx: int = 16
+    n_ctx: int = param(16, ge=1)
     ctx_init: str = ""
     class_token_position: str = "end"
     csc: bool = False
-    init_std: float = 0.02
-    epochs: int | None = None
-    batch_size: int = 32
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
+    init_std: float = param(0.02, ge=0)
+    epochs: int | None = param(None, ge=0)
+    batch_size: int = param(32, ge=1)
+    lr: float = param(0.002, gt=0)
+    momentum: float = param(0.9, ge=0, lt=1)
+    weight_decay: float = param(5e-4, ge=0)
+    warmup_epochs: int = param(1, ge=0)
+    warmup_lr: float = param(1e-5, ge=0)
     amp: bool = True
 
 
@@ -153,7 +154,7 @@ class PromptMethod(Method):
         if self.tower_ is None:
             raise ConfigError(f"{self.name}: {what} needs the backbone's text tower; after kshot.methods.load(path) "
                               f"call method.attach_backbone(load_backbone({self.backbone_spec!r})) or use "
-                              "kshot.prompts.load_prompt_method(path)")
+                              "kshot.methods.prompting.load_prompt_method(path)")
         return self.tower_
 
     # ---- building ---------------------------------------------------------------------------------------------
@@ -264,8 +265,9 @@ class PromptMethod(Method):
                 out.append(self._batch_logits(learner, self.meta_net_, x.to(dev), self.scale_).to(features.device))
         return torch.cat(out) if out else torch.zeros(0, len(self.classnames_), device=features.device)
 
-    def for_classes(self, classnames: list[str]) -> "PromptMethod":
-        """The same learned prompts over other class names (base-to-new); needs the attached backbone.
+    def for_classes(self, classnames: list[str], text_weights: torch.Tensor | None = None) -> "PromptMethod":
+        """The same learned prompts over other class names (base-to-new); needs the attached backbone (the
+        new classes' `text_weights` are not needed: the prompts encode the names).
 
         Raises:
             ConfigError: class-specific contexts (one per fitted class) cannot be moved to other classes.

@@ -19,7 +19,7 @@ from typing import Sequence, Union
 import torch
 
 from kshot.errors import ConfigError, DataError
-from kshot.prompts.tokens import Specials, Tokenizer, content_ids
+from kshot.methods.prompting.tokens import Specials, Tokenizer, content_ids
 
 POSITIONS = ("end", "middle", "front")
 
