@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from kshot.eval.fewshot import FewShotInputs, FewShotProtocol, ResultStore, cached_feature_methods, run_fewshot
 from kshot.features.featureset import FeatureSet
 from kshot.methods import Task, create
-from kshot.workflow import parse_overrides
+from kshot.experiment import method_overrides
 
 
 def synthetic(classes: int, per_class: int, test: int, dim: int, device: str, seed: int = 0):
@@ -50,10 +50,6 @@ def main() -> None:
     ap.add_argument("--methods", default=None, help="comma-separated subset (default: every cached-feature method)")
     ap.add_argument("--set", action="append", default=[], help="method.key=value override; repeat")
     args = ap.parse_args()
-    overrides: dict[str, dict] = {}
-    for pair in args.set:
-        method, _, rest = pair.partition(".")
-        overrides.setdefault(method, {}).update(parse_overrides([rest]))
     torch.set_num_threads(args.threads)
 
     pool, tst, text = synthetic(args.classes, args.shots + 4, args.test, args.dim, args.device)
@@ -65,6 +61,7 @@ def main() -> None:
           f"device {args.device}, {args.threads} thread(s)")
     print(f"{'method':<14} {'fit s':>9} {'predict s':>10} {'top-1':>7} {'peak RSS MB':>12}")
     names = args.methods.split(",") if args.methods else cached_feature_methods()
+    overrides = method_overrides(args.set, names)
     for name in names:
         m = create(name, **overrides.get(name, {}))
         t0 = time.perf_counter()
