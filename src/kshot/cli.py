@@ -343,7 +343,7 @@ def eval_(
 ) -> None:
     """Run a protocol (methods x shots x seeds), resumable, and write a Markdown table and few-shot curves."""
     from kshot import experiment as ex
-    from kshot.data.sources import load_dataset
+    from kshot.data.coop_source import load_any
     from kshot.eval.fewshot import FewShotInputs, FewShotProtocol, ResultStore, cached_feature_methods, run_fewshot
     from kshot.eval.report import markdown_table, plot_curves
 
@@ -367,8 +367,8 @@ def eval_(
         console.print(f"results in {out}")
         return
     proto = FewShotProtocol(names, tuple(shot_list), seed_list, per_method, k_val=0 if no_val else None)
-    pool = load_dataset(data, layout=layout, split=train_split)
-    test_ds = load_dataset(test or data, layout=layout if test is None else "auto", split=test_split)
+    pool = load_any(data, layout=layout, split=train_split)
+    test_ds = load_any(test or data, layout=layout if test is None else "auto", split=test_split)
     bb = _load_backbone(backbone, device)
     store = _store(cache, device)
     spec = ex.prompt_spec_for(pool, templates, prompts)
@@ -462,6 +462,8 @@ SUBCOMMANDS = {
     "continual": ("kshot.continual.cli", "PackNet and continual-learning baselines: run, eval, report."),
     "prompts": ("kshot.methods.prompting.cli", "Prompt-learning artifacts: explain learned context vectors."),
     "challenge": ("kshot.pipelines.cli", "The Jittor challenge pipelines end to end."),
+    "bench": ("kshot.eval.bench_cli", "The few-shot paper table over several datasets (toy, coop11, folders)."),
+    "data": ("kshot.data.cli", "The CoOp benchmark datasets: list, prepare from the official archives, check."),
 }
 
 

@@ -38,6 +38,7 @@ from kshot.config import param
 from kshot.errors import CheckpointError, ConfigError, DataError
 from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
+from kshot.methods.cache_ops import ClassBlocks, kernel_sum
 from kshot.methods.checks import check_features
 from kshot.methods.search import cache_kernel, grid_search, linear_grid
 from kshot.methods.tip_adapter import cache_inputs, in_row_chunks, one_hot, validate_cache_policy
@@ -127,6 +128,14 @@ def ape_logits(features: torch.Tensor, text_weights: torch.Tensor, keys_sel: tor
     """s · f Wᵀ + α · exp(−β (1 − f'F'ᵀ)) · values, f' the projected features; values [M, C] already weighted."""
     return scale * features @ text_weights.T + alpha * cache_kernel(project(features, channels) @ keys_sel.T,
                                                                     beta) @ values
+
+
+def ape_block_logits(features: torch.Tensor, text_weights: torch.Tensor, keys_sel: torch.Tensor, blocks: ClassBlocks,
+                     weight: torch.Tensor, channels: torch.Tensor, alpha: float, beta: float,
+                     scale: float) -> torch.Tensor:
+    """`ape_logits` with one-hot values by `blocks` and entry weights `weight` [M] (exp(γ·KL)): a segment sum."""
+    cache = kernel_sum(project(features, channels) @ keys_sel.T, beta, blocks, weight)
+    return torch.addmm(cache, features, text_weights.T, beta=alpha, alpha=scale)
 
 
 @dataclass(frozen=True)
@@ -225,9 +234,12 @@ class APE(Method):
         self._check_fitted()
         check_features(features, self.text_weights_.shape[1])
         dev = features.device
-        text, keys, values = self.text_weights_.to(dev), self.keys_sel_.to(dev), self.weighted_values(dev)
-        return in_row_chunks(lambda f: ape_logits(f, text, keys, values, self.channels_, self.alpha_, self.beta_,
-                                                  self.scale_), features.float())
+        text, keys = self.text_weights_.to(dev), self.keys_sel_.to(dev)
+        blocks = ClassBlocks.of(self.key_labels_.to(dev), self.num_classes_)
+        weight = torch.exp(self.gamma_ * self.kl_.to(dev))
+        channels = self.channels_.to(dev)
+        return in_row_chunks(lambda f: ape_block_logits(f, text, keys, blocks, weight, channels, self.alpha_,
+                                                        self.beta_, self.scale_), features.float())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"text_weights": self.text_weights_, "keys_sel": self.keys_sel_, "key_labels": self.key_labels_,

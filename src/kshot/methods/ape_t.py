@@ -34,8 +34,8 @@ from kshot.errors import CheckpointError, ConfigError
 from kshot.methods.ape import ape_criterion, resolve_num_channels, search_ape, select_channels
 from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
+from kshot.methods.cache_ops import ClassBlocks, kernel_sum
 from kshot.methods.checks import check_features
-from kshot.methods.search import cache_kernel
 from kshot.methods.tip_adapter import cache_inputs, in_row_chunks, one_hot, validate_cache_policy
 from kshot.methods.tip_adapter_f import TrainSchedule, train_epochs
 
@@ -51,12 +51,15 @@ def pad_residual(residual: torch.Tensor, channels: torch.Tensor, dim: int) -> to
 def ape_t_logits(features: torch.Tensor, text_weights: torch.Tensor, keys: torch.Tensor, key_labels: torch.Tensor,
                  channels: torch.Tensor, residual: torch.Tensor, value_weights: torch.Tensor, num_classes: int,
                  alpha: float, beta: float, scale: float) -> torch.Tensor:
-    """APE-T logits [N, C] for features [N, D] (official in-place channel modification, full-width affinity)."""
+    """APE-T logits [N, C] for features [N, D] (official in-place channel modification, full-width affinity).
+
+    The values L ⊙ w are one-hot by `key_labels`, so the cache term is a per-class segment sum (`cache_ops`).
+    """
     pad = pad_residual(residual, channels, text_weights.shape[1])  # [C, D]
     new_text = text_weights + pad
     new_keys = keys + pad[key_labels]
-    values = one_hot(key_labels, num_classes) * value_weights[:, None]
-    return scale * features @ new_text.T + alpha * cache_kernel(features @ new_keys.T, beta) @ values
+    cache = kernel_sum(features @ new_keys.T, beta, ClassBlocks.of(key_labels, num_classes), value_weights)
+    return torch.addmm(cache, features, new_text.T, beta=alpha, alpha=scale)
 
 
 @dataclass(frozen=True)

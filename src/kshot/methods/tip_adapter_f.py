@@ -33,7 +33,9 @@ from kshot.features.featureset import FeatureSet
 from kshot.methods import refit
 from kshot.methods.base import METHODS, Task
 from kshot.methods.search import accuracy
-from kshot.methods.tip_adapter import TipAdapter, TipAdapterConfig, cache_inputs, one_hot, search_tip, tip_logits
+from kshot.methods.cache_ops import ClassBlocks
+from kshot.methods.tip_adapter import (TipAdapter, TipAdapterConfig, cache_inputs, in_row_chunks, one_hot,
+                                       search_tip, tip_block_logits)
 
 log = logging.getLogger(__name__)
 
@@ -174,11 +176,13 @@ class TipAdapterF(TipAdapter):
         cfg = self.config
         dev, text, keys, key_labels = cache_inputs(task, cfg.cache_policy, self.name)
         values = one_hot(key_labels, task.num_classes)
+        blocks = ClassBlocks.of(key_labels, task.num_classes)
         weight = torch.nn.Parameter(keys.clone())
         scale = float(task.logit_scale)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            return tip_logits(x, text, weight, values, cfg.init_alpha, cfg.init_beta, scale)
+            return in_row_chunks(lambda f: tip_block_logits(f, text, weight, blocks, cfg.init_alpha, cfg.init_beta,
+                                                            scale), x)
 
         trained = train_epochs([weight], forward, task.train, task.val, TrainSchedule.of(cfg), task.seed)
         self.text_weights_, self.keys_, self.key_labels_ = text, weight.detach().clone(), key_labels.to(dev)
