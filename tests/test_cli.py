@@ -88,3 +88,16 @@ def test_eval_protocol_is_resumable(world, tmp_path):
     _ok(runner.invoke(app, args))
     assert len((tmp_path / "ev" / "results.jsonl").read_text().splitlines()) == 4  # nothing re-run
     assert (tmp_path / "ev" / "folder_curves.png").stat().st_size > 1000
+
+
+def test_eval_no_val_runs_methods_with_their_defaults_and_fit_predict_gda(world, tmp_path):
+    cache = ["--cache", str(tmp_path / "cache")]
+    _ok(runner.invoke(app, ["eval", str(world / "folder"), "--methods", "gda,clap,tda", "--shots", "2", "--seeds", "1",
+                            "--no-val", "--set", "clap.epochs=5", "-o", str(tmp_path / "ev"), *cache]))
+    recs = {r["method"]: r for r in map(json.loads, (tmp_path / "ev" / "results.jsonl").read_text().splitlines())}
+    assert recs["gda"]["meta"]["alpha"] == 0.1 and recs["gda"]["meta"]["val_accuracy"] is None
+    assert recs["tda"]["meta"]["stream_len"] > 0 and recs["tda"]["meta"]["shot_alpha"] == 1.17  # Tip defaults
+    _ok(runner.invoke(app, ["fit", str(world / "folder"), "-m", "gda", "-k", "2", "-o", str(tmp_path / "gda"), *cache]))
+    _ok(runner.invoke(app, ["predict", str(world / "folder"), "--split", "test", "-a", str(tmp_path / "gda"),
+                            "-o", str(tmp_path / "g.csv"), *cache]))
+    assert (tmp_path / "g.csv").stat().st_size > 100

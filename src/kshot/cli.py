@@ -334,6 +334,8 @@ def eval_(
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="method.key=value override; repeat."),
     preset: Optional[str] = typer.Option(None, help="base2new: prompt-learning preset (official | seed000)."),
     views: int = typer.Option(0, help="base2new: augmented views of the shots to cache and train on."),
+    no_val: bool = typer.Option(False, "--no-val", help="fewshot: draw no validation split; every method runs with "
+                                "its defaults (CLAP's comparison)."),
     out: Path = typer.Option(Path("kshot-out/eval"), "--out", "-o", help="Results folder (results.jsonl, tables, "
                              "plots); re-running skips finished cells."),
     cache: Optional[Path] = CacheOpt,
@@ -364,7 +366,7 @@ def eval_(
         Console().print(res["table"])
         console.print(f"results in {out}")
         return
-    proto = FewShotProtocol(names, tuple(shot_list), seed_list, per_method)
+    proto = FewShotProtocol(names, tuple(shot_list), seed_list, per_method, k_val=0 if no_val else None)
     pool = load_any(data, layout=layout, split=train_split)
     test_ds = load_any(test or data, layout=layout if test is None else "auto", split=test_split)
     bb = _load_backbone(backbone, device)

@@ -187,4 +187,17 @@ def test_export_names_the_head_the_method_class_declares():
     assert json.loads(doc["meta"])["jittor_head"] == "zeroshot"
     heads = {e.name: e.obj.jittor_head for e in METHODS if e.obj.jittor_head}
     assert heads == {"zeroshot": "zeroshot", "linear_probe": "linear", "lpp": "lpp", "tip_adapter": "tip",
-                     "tip_adapter_f": "tip", "ape": "ape"}  # the six heads of kshot.jittor_backend.heads
+                     "tip_adapter_f": "tip", "ape": "ape", "gda": "linear", "zs_lp": "linear", "clap": "linear"}
+    # the six heads of kshot.jittor_backend.heads; GDA, ZS-LP and CLAP are linear heads (weight, bias)
+
+
+@pytest.mark.parametrize("name", ["gda", "zs_lp", "clap"])
+def test_linear_frontier_heads_export_as_weight_and_bias(name: str, tmp_path: Path) -> None:
+    """GDA, ZS-LP and CLAP fit one linear head: the exported weight + bias alone reproduce kshot's logits."""
+    task = make_task()
+    method = create(name, **({"epochs": 5} if name != "gda" else {})).fit(task)
+    res = export_jittor(tmp_path / f"{name}.pkl", source=method.save(tmp_path / name))
+    doc = read_jittor_artifact(res.path)
+    x = task.unlabeled.features.numpy()
+    np.testing.assert_allclose(x @ doc["weight"].T + doc["bias"], method.logits(task.unlabeled.features).numpy(),
+                               rtol=1e-5, atol=1e-4)

@@ -39,7 +39,7 @@ class FewShotProtocol:
         shots: K values.
         seeds: sampling seeds (each seed also seeds the method's training).
         overrides: per-method config overrides, {method: {field: value}}.
-        k_val: validation shots per class; None = min(K, 4) as in CoOp.
+        k_val: validation shots per class; None = min(K, 4) as in CoOp; 0 = no validation split (`--no-val`).
     """
 
     methods: list[str]

@@ -16,5 +16,9 @@ from kshot.methods import track1  # noqa: F401
 from kshot.methods import coop  # noqa: F401
 from kshot.methods import cocoop  # noqa: F401
 from kshot.methods import atprompt  # noqa: F401
+from kshot.methods import gda  # noqa: F401
+from kshot.methods import proker  # noqa: F401
+from kshot.methods import clap  # noqa: F401
+from kshot.methods import tda  # noqa: F401
 
 __all__ = ["METHODS", "Method", "Task", "config_to_dict", "create", "load"]
