@@ -153,7 +153,8 @@ def inject_lora(model: nn.Module, paths: list[str], *, rank: int, alpha: float, 
     for path in paths:
         parent_path, _, name = path.rpartition(".")
         parent = model.get_submodule(parent_path)
-        layer = LoraAttention(getattr(parent, name), rank, alpha, dropout, generator, fused)
+        base = getattr(parent, name)
+        layer = LoraAttention(base, rank, alpha, dropout, generator, fused).train(base.training)
         setattr(parent, name, layer)
         out[path] = layer
     return out
