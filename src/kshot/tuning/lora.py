@@ -41,7 +41,7 @@ class LoraAttention(nn.Module):
     """`nn.MultiheadAttention` (self-attention) with rank-r LoRA adapters on q, k and v.
 
     Args:
-        base: the attention module; its parameters are frozen and kept under `base.` unchanged.
+        base: the attention module, kept under `base.` unchanged.
         rank: r (CLIP-LoRA 2).
         alpha: LoRA alpha (CLIP-LoRA 1); the update is scaled by alpha / sqrt(r).
         dropout: dropout probability on the adapters' input (CLIP-LoRA 0.25).
@@ -56,9 +56,7 @@ class LoraAttention(nn.Module):
             raise ConfigError("LoRA needs attention with one fused in_proj (q, k, v of the same width)")
         if rank < 1:
             raise ConfigError(f"LoRA rank must be >= 1, got {rank}")
-        self.base = base
-        for p in base.parameters():
-            p.requires_grad_(False)
+        self.base = base  # left as it is: freezing is the trainer's job (and requires_grad changes torch's kernels)
         e = base.embed_dim
         w = base.in_proj_weight
         self.rank, self.alpha, self.scaling, self.fused = int(rank), float(alpha), float(alpha) / math.sqrt(rank), fused
