@@ -16,5 +16,6 @@ from kshot.methods import track1  # noqa: F401
 from kshot.methods import coop  # noqa: F401
 from kshot.methods import cocoop  # noqa: F401
 from kshot.methods import atprompt  # noqa: F401
+from kshot.methods import clip_lora  # noqa: F401
 
 __all__ = ["METHODS", "Method", "Task", "create", "load"]
