@@ -154,7 +154,8 @@ def fit(
     spec = wf.prompt_spec_for(pool, templates, prompts)
     tw = wf.text_weights_for(bb, pool, spec)
     task = wf.make_task(feats, local, pool.classnames, tw, bb.logit_scale, seed,
-                        backbone=bb if m.needs_backbone else None)
+                        backbone=bb if m.needs_backbone else None,
+                        images={"train": pool.subset(sel.shots), "val": pool.subset(sel.val)} if m.trains_encoders else None)
     m.fit(task)
     m.save(out)
     (out / "task.json").write_text(json.dumps({
@@ -204,6 +205,8 @@ def predict(
         bb = _artifact_backbone(artifact, device)
         if m.needs_backbone:
             m.attach_backbone(bb)
+        if "image" in m.trains_encoders:
+            bb = m.tuned_backbone(bb)  # features of the tuned image encoder (cached under its own fingerprint)
     else:
         class_ds = _zeroshot_classes(ds, method, classes)
         bb = _load_backbone(backbone, device)
@@ -461,6 +464,7 @@ SUBCOMMANDS = {
     "continual": ("kshot.continual.cli", "PackNet and continual-learning baselines: run, eval, report."),
     "prompts": ("kshot.prompts.cli", "Prompt-learning artifacts: explain learned context vectors."),
     "challenge": ("kshot.pipelines.cli", "The Jittor challenge pipelines end to end."),
+    "lora": ("kshot.lora_cli", "LoRA adapters of fitted runs: merge them into a plain backbone checkpoint."),
 }
 
 

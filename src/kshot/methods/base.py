@@ -71,6 +71,9 @@ class Method(ABC):
     needs_text: ClassVar[bool] = True
     #: True when `fit` uses `task.unlabeled` (transductive).
     transductive: ClassVar[bool] = False
+    #: Encoders `fit` trains through ('image', 'text'); such methods get the shot files in `task.images`, and with
+    #: 'image' their `logits` take features of `tuned_backbone(base)` (CLIP-LoRA).
+    trains_encoders: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any | None = None, **overrides: Any):
         if config is None:

@@ -76,7 +76,6 @@ class ClipLora(Method):
     name = "clip_lora"
     config_cls = ClipLoraConfig
     needs_backbone: ClassVar[bool] = True
-    #: The encoders this method trains (features for `logits` come from `tuned_backbone`).
     trains_encoders: ClassVar[tuple[str, ...]] = ("image", "text")
 
     def fit(self, task: Task) -> "ClipLora":
