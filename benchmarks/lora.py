@@ -83,7 +83,8 @@ def main() -> None:
     for fused in (True, False):
         for ckpt in (False, True):
             out = subprocess.run([sys.executable, __file__, "--arch", args.arch, "--batch", str(args.batch),
-                                  "--iters", str(args.iters), "--device", args.device, "--classes", str(args.classes), "--one",
+                                  "--iters", str(args.iters), "--device", args.device, "--classes", str(args.classes),
+                                  "--one",
                                   f"{int(fused)},{int(ckpt)}"], check=True, capture_output=True, text=True)
             rows[(fused, ckpt)] = json.loads(out.stdout.strip().splitlines()[-1])
     base = rows[(True, False)]

@@ -153,9 +153,9 @@ def fit(
     feats = wf.pool_features(store, bb, pool, used, policy)
     spec = wf.prompt_spec_for(pool, templates, prompts)
     tw = wf.text_weights_for(bb, pool, spec)
+    images = {"train": pool.subset(sel.shots), "val": pool.subset(sel.val)} if m.trains_encoders else None
     task = wf.make_task(feats, local, pool.classnames, tw, bb.logit_scale, seed,
-                        backbone=bb if m.needs_backbone else None,
-                        images={"train": pool.subset(sel.shots), "val": pool.subset(sel.val)} if m.trains_encoders else None)
+                        backbone=bb if m.needs_backbone else None, images=images)
     m.fit(task)
     m.save(out)
     (out / "task.json").write_text(json.dumps({

@@ -108,9 +108,10 @@ def test_unreadable_shot_is_a_clear_error(toy, tmp_path) -> None:
     item = replace(train.items[0], path="broken.png")
     ds = replace(train, root=bad, items=[item] + [replace(it, path=str(train.root / it.path)) for it in
                                                   train.items[1:]])
+    task = _task(bb, train)
+    task.images = {"train": ds}
     with pytest.raises(DataError, match="cannot be read: broken.png"):
-        create("clip_lora", iters=2, progress=False).fit(_task(bb, train) if False else Task(
-            train=_task(bb, train).train, classnames=train.classnames, backbone=bb, images={"train": ds}))
+        create("clip_lora", iters=2, progress=False).fit(task)
 
 
 def test_backbone_without_attention_layers_is_refused(toy) -> None:
