@@ -171,3 +171,14 @@ def test_killed_run_resumes_to_the_same_adapters(tmp_path) -> None:
     assert whole.keys() == resumed.keys()
     for k in whole:
         assert torch.equal(whole[k], resumed[k]), k
+
+
+def test_validation_accuracy_is_reported(toy, caplog) -> None:
+    import logging
+
+    bb, train, test = toy
+    task = _task(bb, train)
+    task.images = {"train": train, "val": test}
+    with caplog.at_level(logging.INFO, logger="kshot.tuning.engine"):
+        create("clip_lora", iters=4, batch_size=8, progress=False, val_every=2).fit(task)
+    assert [r.getMessage() for r in caplog.records if "val acc" in r.getMessage()][-1].startswith("clip_lora step 4/4")

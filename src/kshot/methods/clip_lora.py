@@ -19,14 +19,14 @@ crops (theirs: a shuffled DataLoader with global seeding).
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from kshot.backbones.base import Backbone, hash_state_dict, make_fingerprint
+from kshot.data.images import load_image
 from kshot.errors import CheckpointError, ConfigError, DataError
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task
@@ -34,7 +34,6 @@ from kshot.tuning.engine import EngineConfig, check_shot_files, train_encoders
 from kshot.tuning.lora import (adapter_state, attention_paths, inject_lora, load_adapter_state, lora_parameters,
                                merged_state_dict)
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,8 @@ class ClipLoraConfig:
         template: prompt of every class (CoOp's per-dataset template in the official code; kshot's default one).
         amp: 'bf16' | 'fp16' | 'off' on CUDA; grad_checkpointing: recompute activations; fused: one q/k/v matmul.
         checkpoint_every, checkpoint_dir: resumable checkpoints; num_workers: decoding processes.
+        progress: progress bar; val_every: validation accuracy every N steps (0: at the end), when
+            `Task.images['val']` has images (display only: the last iterate is kept, as the official code).
         eval_batch_size: images per forward pass when encoding validation images.
     """
 
@@ -69,6 +70,8 @@ class ClipLoraConfig:
     checkpoint_dir: str = ""
     num_workers: int = 0
     progress: bool = True
+    val_every: int = 0
+    eval_batch_size: int = 64
 
 
 @METHODS.register("clip_lora", "CLIP-LoRA: LoRA on q/k/v of both CLIP towers, trained on the shot images")
@@ -115,8 +118,10 @@ class ClipLora(Method):
             txt = F.normalize(model.encode_text(tokens).float(), dim=-1)
             return F.cross_entropy(scale * img @ txt.T, y, reduction="none")
 
+        val_fn = self._val_fn(model, tokens, scale, (task.images or {}).get("val"), bb.preprocess, device)
         history = train_encoders(params, loss_fn, images, task.train.labels, bb.preprocess,
-                                 bb.preprocess_cfg.image_size, engine, device, model=model, name=self.name)
+                                 bb.preprocess_cfg.image_size, engine, device, model=model, val_fn=val_fn,
+                                 val_every=c.val_every, name=self.name)
         model.eval()
         with torch.no_grad():
             self.text_ = F.normalize(model.encode_text(tokens).float(), dim=-1).cpu()
@@ -130,6 +135,26 @@ class ClipLora(Method):
         self.base_ = None
         self.fitted_ = True
         return self
+
+    def _val_fn(self, model: torch.nn.Module, tokens: torch.Tensor, scale: float, val: Any, preprocess: Any,
+                device: torch.device) -> Callable[[], float] | None:
+        """Top-1 accuracy on the validation images (plain preprocessing), for the progress bar; None without any."""
+        if val is None or len(val) == 0 or not val.has_labels:
+            return None
+        labels = torch.as_tensor(val.labels)
+        step = int(self.config.eval_batch_size)
+
+        def accuracy() -> float:
+            txt = F.normalize(model.encode_text(tokens).float(), dim=-1)
+            hits = 0
+            for start in range(0, len(val), step):
+                idx = range(start, min(start + step, len(val)))
+                x = torch.stack([preprocess(load_image(val.abspath(i))) for i in idx]).to(device)
+                img = F.normalize(model.encode_image(x).float(), dim=-1)
+                hits += int(((scale * img @ txt.T).argmax(1).cpu() == labels[list(idx)]).sum())
+            return hits / len(val)
+
+        return accuracy
 
     # ---- the tuned encoder --------------------------------------------------------------------------------------
     def attach_backbone(self, backbone: Backbone, *, strict: bool = True) -> "ClipLora":

@@ -15,6 +15,7 @@ trainable parameters and a per-sample loss on a batch of preprocessed images; th
   (open_clip's `set_grad_checkpointing`).
 * **randomness**: torch's RNG is re-seeded from (seed, t) around each step (dropout), so a run resumed from a
   checkpoint continues exactly as the uninterrupted one.
+* **progress**: a tqdm bar with the loss, and the validation accuracy when the method gives a `val_fn`.
 * **checkpoints**: every `checkpoint_every` steps, trainable tensors + AdamW moments (`kshot.tuning.checkpoint`);
   a later call with the same folder resumes from the last one.
 * **DDP** under torchrun (`torch.distributed` initialised): each rank takes every world-th sample of the global
@@ -145,7 +146,7 @@ def check_shot_files(images: Dataset, what: str) -> None:
 def train_encoders(params: Sequence[nn.Parameter], loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                    images: Dataset, labels: torch.Tensor, preprocess: Callable[[Any], torch.Tensor], image_size: int,
                    cfg: EngineConfig, device: torch.device, *, model: nn.Module | None = None,
-                   name: str = "train") -> list[float]:
+                   val_fn: Callable[[], float] | None = None, val_every: int = 0, name: str = "train") -> list[float]:
     """Optimise `params` on the shot images; resumes from `cfg.checkpoint_dir` when it holds a checkpoint.
 
     Args:
@@ -155,6 +156,8 @@ def train_encoders(params: Sequence[nn.Parameter], loss_fn: Callable[[torch.Tens
         preprocess: the backbone's PIL -> [3, S, S] transform, applied after the augmentation.
         image_size: crop side S.
         model: module set to train mode during training (dropout) and for gradient checkpointing.
+        val_fn: validation accuracy of the current parameters (shown on the progress bar, logged), run every
+            `val_every` steps (0: at the end only) with the model in eval mode and no gradients.
 
     Returns:
         The global mean training loss of every step, from step 0 (restored ones included).
@@ -203,6 +206,11 @@ def train_encoders(params: Sequence[nn.Parameter], loss_fn: Callable[[torch.Tens
                 bar.update(1)
                 bar.set_postfix(loss=f"{total:.4f}")
             done = step + 1
+            if val_fn is not None and (done == cfg.iters or (val_every > 0 and done % val_every == 0)):
+                acc = _validate(val_fn, model)
+                log.info("%s step %d/%d: loss %.4f, val acc %.2f %%", name, done, cfg.iters, total, 100 * acc)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{total:.4f}", val=f"{100 * acc:.1f}%")
             if folder is not None and cfg.checkpoint_every > 0 and (done % cfg.checkpoint_every == 0
                                                                     or done == cfg.iters):
                 if rank == 0:
@@ -216,6 +224,17 @@ def train_encoders(params: Sequence[nn.Parameter], loss_fn: Callable[[torch.Tens
             if hasattr(model, "set_grad_checkpointing"):
                 model.set_grad_checkpointing(False)
     return losses
+
+
+def _validate(val_fn: Callable[[], float], model: nn.Module | None) -> float:
+    if model is not None:
+        model.eval()
+    try:
+        with torch.no_grad():
+            return float(val_fn())
+    finally:
+        if model is not None:
+            model.train()
 
 
 def _load_batch(images: Dataset, preprocess: Callable[[Any], torch.Tensor], image_size: int,
