@@ -45,6 +45,7 @@ class ClipLoraConfig:
         towers: 'visual' and/or 'text' (official `--encoder both`).
         iters_per_shot: iterations = this × shots per class (500); iters overrides the total when set.
         batch_size, lr, weight_decay: 32, 2e-4, 1e-2.
+        crop_scale: RandomResizedCrop area range of the shots (official (0.08, 1)).
         template: prompt of every class (CoOp's per-dataset template in the official code; kshot's default one).
         amp: 'bf16' | 'fp16' | 'off' on CUDA; grad_checkpointing: recompute activations; fused: one q/k/v matmul.
         checkpoint_every, checkpoint_dir: resumable checkpoints; num_workers: decoding processes.
@@ -62,6 +63,7 @@ class ClipLoraConfig:
     batch_size: int = 32
     lr: float = 2e-4
     weight_decay: float = 1e-2
+    crop_scale: tuple[float, float] = (0.08, 1.0)
     template: str = "a photo of a {}."
     amp: str = "bf16"
     grad_checkpointing: bool = False
@@ -109,6 +111,7 @@ class ClipLora(Method):
         shots = int(torch.bincount(task.train.labels).max())
         engine = EngineConfig(iters=c.iters if c.iters is not None else c.iters_per_shot * shots,
                               batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay, amp=c.amp,
+                              crop_scale=tuple(c.crop_scale),
                               grad_checkpointing=c.grad_checkpointing, checkpoint_every=c.checkpoint_every,
                               checkpoint_dir=c.checkpoint_dir, num_workers=c.num_workers, seed=int(task.seed),
                               progress=c.progress)
