@@ -149,8 +149,9 @@ def fit(
     feats = ex.pool_features(store, bb, pool, used, policy)
     spec = ex.prompt_spec_for(pool, templates, prompts)
     tw = ex.text_weights_for(bb, pool, spec)
+    images = {"train": pool.subset(sel.shots), "val": pool.subset(sel.val)} if m.trains_encoders else None
     task = ex.build_task(m, feats.subset(local.shots), pool.classnames, tw, val=feats.subset(local.val),
-                         logit_scale=bb.logit_scale, backbone=bb, seed=seed)
+                         logit_scale=bb.logit_scale, backbone=bb, images=images, seed=seed)
     m.fit(task)
     info = ex.FittedRun.describe(bb, pool, spec, method=method, shots=shots, seed=seed, data=data)
     ex.FittedRun(m, info).save(out, pool, sel.shots)
@@ -196,6 +197,8 @@ def predict(
         m, bb = _artifact_method(artifact, device)
         if m.needs_backbone:
             m.attach_backbone(bb)
+        if "image" in m.trains_encoders:
+            bb = m.tuned_backbone(bb)  # features of the tuned image encoder (cached under its own fingerprint)
     else:
         class_ds = _zeroshot_classes(ds, method, classes)
         bb = _load_backbone(backbone, device)
@@ -464,6 +467,7 @@ SUBCOMMANDS = {
     "challenge": ("kshot.pipelines.cli", "The Jittor challenge pipelines end to end."),
     "bench": ("kshot.eval.bench_cli", "The few-shot paper table over several datasets (toy, coop11, folders)."),
     "data": ("kshot.data.cli", "The CoOp benchmark datasets: list, prepare from the official archives, check."),
+    "lora": ("kshot.tuning.cli", "LoRA adapters of fitted runs: merge them into a plain backbone checkpoint."),
 }
 
 

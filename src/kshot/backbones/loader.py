@@ -12,6 +12,7 @@ Spec forms:
 | `timm:NAME[.TAG]` | timm pretrained image model (online or cached) |
 | `timm:NAME@random`, `timm:NAME@/path/file` | timm random init / local weights |
 | `toy:clip` | the shipped tiny CLIP of `kshot.toyworld` |
+| `toy:clip@/path/file.safetensors` | the tiny CLIP with other weights (e.g. from `kshot lora merge`) |
 
 A new source registers `BACKBONES.add(prefix, loader)`, where `loader(spec, rest, options) -> Backbone` receives the
 whole spec, the text after `prefix:` and the `LoadOptions`.
@@ -52,8 +53,9 @@ def _load_hf(spec: str, rest: str, opts: LoadOptions) -> Backbone:
 
 
 def _load_toy(spec: str, rest: str, opts: LoadOptions) -> Backbone:
-    if rest != "clip":
-        raise ConfigError(f"unknown toy backbone {spec!r}; the toy world ships 'toy:clip'")
+    name, _, weights = rest.partition("@")
+    if name != "clip":
+        raise ConfigError(f"unknown toy backbone {spec!r}; the toy world ships 'toy:clip' (or toy:clip@WEIGHTS)")
     load_toy_clip = None
     for module in ("kshot.toyworld.checkpoint", "kshot.toyworld.model"):
         try:
@@ -65,7 +67,7 @@ def _load_toy(spec: str, rest: str, opts: LoadOptions) -> Backbone:
     if load_toy_clip is None:
         raise ConfigError("toy:clip is not available: kshot.toyworld provides no load_toy_clip()")
     params = inspect.signature(load_toy_clip).parameters
-    kwargs = {k: v for k, v in (("device", opts.device), ("spec", spec)) if k in params}
+    kwargs = {k: v for k, v in (("device", opts.device), ("spec", spec), ("weights", weights or None)) if k in params}
     return load_toy_clip(**kwargs).to(opts.device)
 
 

@@ -80,6 +80,9 @@ class Method(ABC):
     cv_tunes: ClassVar[bool | None] = None
     #: The formula of the method's Jittor head (`kshot.jittor_backend.heads`), or None when it has none.
     jittor_head: ClassVar[str | None] = None
+    #: Encoders `fit` trains through ('image', 'text'); such methods get the shot files in `task.images`, and with
+    #: 'image' their `logits` take features of `tuned_backbone(base)` (CLIP-LoRA).
+    trains_encoders: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any | None = None, **overrides: Any):
         if config is None:

@@ -72,8 +72,13 @@ def read_toy_config(path: str | Path | None = None) -> dict[str, Any]:
         raise CheckpointError(f"toy CLIP config {p} is not valid JSON: {e}") from e
 
 
-def load_toy_model(path: str | Path | None = None) -> tuple[torch.nn.Module, ToyTokenizer, PreprocessCfg, dict]:
-    """Rebuild the model (fp32, eval mode), its tokenizer and preprocessing from a checkpoint directory."""
+def load_toy_model(path: str | Path | None = None, weights: str | Path | None = None
+                   ) -> tuple[torch.nn.Module, ToyTokenizer, PreprocessCfg, dict]:
+    """Rebuild the model (fp32, eval mode), its tokenizer and preprocessing from a checkpoint directory.
+
+    Args:
+        weights: a safetensors state dict to use instead of the directory's weights (e.g. `kshot lora merge` output).
+    """
     from safetensors.torch import load_file
 
     root = Path(path) if path is not None else ASSETS_DIR
@@ -82,7 +87,7 @@ def load_toy_model(path: str | Path | None = None) -> tuple[torch.nn.Module, Toy
     cfg = read_toy_config(root)
     if cfg.get("format_version") != FORMAT_VERSION or cfg.get("arch") != "toy-clip":
         raise CheckpointError(f"{root / CONFIG_NAME} is not a toy CLIP config of format {FORMAT_VERSION}")
-    weights = root / WEIGHTS_NAME
+    weights = root / WEIGHTS_NAME if weights is None else Path(weights)
     if not weights.exists():
         raise CheckpointError(f"toy CLIP weights not found: {weights}")
     model_cfg = ToyClipCfg.from_dict(cfg["model"])
@@ -103,14 +108,15 @@ def load_toy_model(path: str | Path | None = None) -> tuple[torch.nn.Module, Toy
 
 
 def load_toy_clip(
-    path: str | Path | None = None, device: str | torch.device = "cpu", spec: str = "toy:clip"
+    path: str | Path | None = None, device: str | torch.device = "cpu", spec: str = "toy:clip",
+    weights: str | Path | None = None,
 ) -> Backbone:
     """The tiny CLIP as a kshot `Backbone` (default: the shipped checkpoint in kshot/toyworld/assets).
 
     The tokenizer maps list[str] -> int64 [N, 32]; preprocess maps a PIL image -> float [3, 32, 32] (RGB, squash
     resize, toy mean/std); `logit_scale` is the model's learned temperature.
     """
-    model, tok, pre_cfg, cfg = load_toy_model(path)
+    model, tok, pre_cfg, cfg = load_toy_model(path, weights)
     model.to(device)
     fingerprint = make_fingerprint("toy-clip", hash_state_dict(model.state_dict()), pre_cfg)
     return Backbone(
