@@ -12,7 +12,7 @@ from torch import nn
 from kshot.errors import ConfigError
 from kshot.tuning.lora import (LoraAttention, adapter_state, attention_paths, inject_lora, lora_parameters,
                                merged_state_dict)
-from tests.prompts.conftest import make_toy_backbone
+from tests.methods.prompting.conftest import make_toy_backbone
 
 
 def _model(seed: int = 0) -> nn.Module:
