@@ -465,6 +465,32 @@ def export(
                   f"load it in Jittor with jt.load('{res.path.name}')")
 
 
+@app.command()
+def serve(
+    roots: list[Path] = typer.Option(..., "--root", help="Data root the app may read (repeat); datasets are the "
+                                     "folders under it."),
+    runs: Path = typer.Option(Path("kshot-out/runs"), "--runs", help="Folder for the app's fits (and listed runs)."),
+    artifacts: Optional[list[Path]] = typer.Option(None, "--artifact", "-a", help="Also offer this `kshot fit` run."),
+    backbone: str = BackboneOpt,
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (default: this machine only)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """A local web app and JSON API (/docs): pick a dataset, fit, classify uploaded images."""
+    import uvicorn
+
+    from kshot.features import default_cache_dir
+    from kshot.serve import ServeConfig, create_app
+
+    for p in [*roots, *(artifacts or [])]:
+        if not p.is_dir():
+            raise KshotError(f"{p}: no such folder")
+    cfg = ServeConfig(list(roots), runs, cache or default_cache_dir(), backbone, preload=list(artifacts or []))
+    console.print(f"kshot serve on http://{host}:{port}/ (API docs at /docs); reading only under "
+                  f"{', '.join(map(str, roots))}")
+    uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")
+
+
 def _mount_commands() -> None:
     from kshot.interop.cli import align
 
