@@ -47,9 +47,9 @@ def load(spec: str, device: str):
 
 
 def build_learner(bb, classnames: list[str], n_ctx: int, gen: torch.Generator):
-    from kshot.prompts import GroupSpec, PromptLearner, TextTower, build_layout, content_ids, specials
-    from kshot.prompts.layout import coop_pieces
-    from kshot.prompts.learner import normal_vectors
+    from kshot.methods.prompting import GroupSpec, PromptLearner, TextTower, build_layout, content_ids, specials
+    from kshot.methods.prompting.layout import coop_pieces
+    from kshot.methods.prompting.learner import normal_vectors
 
     tower, tok = TextTower(bb.model), bb.tokenizer
     pieces = coop_pieces(n_ctx, "end", tuple(content_ids(tok, ".")))
@@ -62,8 +62,8 @@ def build_learner(bb, classnames: list[str], n_ctx: int, gen: torch.Generator):
 def run_epochs(bb, learner, get_features, labels, epochs: int, batch_size: int, device: torch.device,
                gen: torch.Generator) -> list[float]:
     """Seconds per epoch of CoOp steps where `get_features(idx)` supplies the image features of a batch."""
-    from kshot.prompts import frozen
-    from kshot.prompts.train import amp_context
+    from kshot.methods.prompting import frozen
+    from kshot.methods.prompting.train import amp_context
 
     opt = torch.optim.SGD(learner.parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4)
     times = []

@@ -133,35 +133,29 @@ def fit(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Fit a method on K shots per class (validation split drawn from the rest of the pool) and save it."""
-    from kshot import workflow as wf
+    from kshot import experiment as ex
     from kshot.data.fewshot import write_shots_file
     from kshot.data.sources import load_dataset
     from kshot.features import AugmentPolicy
     from kshot.methods import create
 
-    m = create(method, **wf.parse_overrides(overrides or []))
+    m = create(method, **ex.parse_overrides(overrides or [], method))
     pool = load_dataset(data, layout=layout, split=split)
-    sel = wf.select_shots(pool, shots, seed, shots_file=shots_file)
-    out.mkdir(parents=True, exist_ok=True)
-    write_shots_file(pool, sel.shots, out / "shots.txt")
-    if shots_file is not None and not Path(shots_file).is_file():
-        write_shots_file(pool, sel.shots, shots_file)
+    sel = ex.select_shots(pool, shots, seed, shots_file=shots_file)
     bb = _load_backbone(backbone, device)
     store = _store(cache, device)
-    used, local = wf.remap_selection(sel)
+    used, local = ex.remap_selection(sel)
     policy = AugmentPolicy(augment, views) if views else AugmentPolicy()
-    feats = wf.pool_features(store, bb, pool, used, policy)
-    spec = wf.prompt_spec_for(pool, templates, prompts)
-    tw = wf.text_weights_for(bb, pool, spec)
-    task = wf.make_task(feats, local, pool.classnames, tw, bb.logit_scale, seed,
-                        backbone=bb if m.needs_backbone else None)
+    feats = ex.pool_features(store, bb, pool, used, policy)
+    spec = ex.prompt_spec_for(pool, templates, prompts)
+    tw = ex.text_weights_for(bb, pool, spec)
+    task = ex.build_task(m, feats.subset(local.shots), pool.classnames, tw, val=feats.subset(local.val),
+                         logit_scale=bb.logit_scale, backbone=bb, seed=seed)
     m.fit(task)
-    m.save(out)
-    (out / "task.json").write_text(json.dumps({
-        "backbone": bb.spec, "fingerprint": bb.fingerprint, "classnames": pool.classnames,
-        "class_domains": pool.class_domains, "shots": shots, "seed": seed, "data": str(data), "method": method,
-        "prompts": {"templates": spec.templates, "per_domain": spec.per_domain, "per_class": spec.per_class},
-    }, indent=2))
+    info = ex.FittedRun.describe(bb, pool, spec, method=method, shots=shots, seed=seed, data=data)
+    ex.FittedRun(m, info).save(out, pool, sel.shots)
+    if shots_file is not None and not Path(shots_file).is_file():
+        write_shots_file(pool, sel.shots, shots_file)
     console.print(f"fitted {method} on {len(sel.shots)} shots ({pool.num_classes} classes) -> {out}")
 
 
@@ -189,9 +183,8 @@ def predict(
                                         "onnxruntime instead (see `pip install kshot[deploy]`)."),
 ) -> None:
     """Predict top-k classes with a fitted artifact, or zero-shot."""
-    from kshot import workflow as wf
+    from kshot import experiment as ex
     from kshot.data.sources import load_dataset
-    from kshot.methods import Task, create, load
 
     if backend not in ("torch", "jittor"):
         raise KshotError(f"--backend must be torch or jittor, not {backend!r}")
@@ -207,47 +200,40 @@ def predict(
         _write_predictions(fs, logits, ds, k, out, result_txt)
         return
     if artifact is not None:
-        m = load(artifact)
-        bb = _artifact_backbone(artifact, device)
+        m, bb = _artifact_method(artifact, device)
         if m.needs_backbone:
             m.attach_backbone(bb)
     else:
         class_ds = _zeroshot_classes(ds, method, classes)
         bb = _load_backbone(backbone, device)
-        spec = wf.prompt_spec_for(class_ds, templates, prompts)
-        tw = wf.text_weights_for(bb, class_ds, spec)
-        from kshot.features.featureset import FeatureSet
-        import torch
-
-        empty = FeatureSet(torch.zeros(0, bb.embed_dim), torch.zeros(0, dtype=torch.long), [])
-        m = create("zeroshot").fit(Task(train=empty, classnames=class_ds.classnames, text_weights=tw,
-                                        logit_scale=bb.logit_scale))
+        tw = ex.text_weights_for(bb, class_ds, ex.prompt_spec_for(class_ds, templates, prompts))
+        m = ex.zeroshot_on(class_ds.classnames, tw, bb.logit_scale)
     fs = _store(cache, device).get(bb, ds, name=f"{ds.name}/{split}")
-    _write_predictions(fs, wf.predict_logits(m, fs), ds, k, out, result_txt)
+    _write_predictions(fs, ex.predict_logits(m, fs), ds, k, out, result_txt)
 
 
 def _predict_jittor(ds, artifact, method, classes, backbone, templates, prompts, python, device):
     """(features, logits) with the Jittor backend: a fitted artifact's head, or zero-shot."""
-    from kshot import workflow as wf
-    from kshot.jittor_backend.predict import predict_jittor
-    from kshot.methods import load
+    from kshot import experiment as ex
+    from kshot.interop.predict import predict_jittor
 
     if artifact is not None:
-        return predict_jittor(_artifact_backbone(artifact, "cpu"), ds, load(artifact), python=python, device=device)
+        m, bb = _artifact_method(artifact, "cpu")
+        return predict_jittor(bb, ds, m, python=python, device=device)
     class_ds = _zeroshot_classes(ds, method, classes)
     bb = _load_backbone(backbone, "cpu")
-    return predict_jittor(bb, ds, None, classnames=class_ds.classnames, text_spec=wf.prompt_spec_for(
+    return predict_jittor(bb, ds, None, classnames=class_ds.classnames, text_spec=ex.prompt_spec_for(
         class_ds, templates, prompts), class_domains=class_ds.class_domains, python=python, device=device)
 
 
-def _artifact_backbone(artifact: Path, device: Optional[str]):
-    """The backbone a `kshot fit` folder was fitted on, refused if it no longer loads as the same weights."""
-    info = json.loads((artifact / "task.json").read_text())
-    bb = _load_backbone(info["backbone"], device)
-    if bb.fingerprint != info["fingerprint"]:
-        raise KshotError(f"{artifact} was fitted on backbone {info['fingerprint']} but {info['backbone']} now "
-                         f"loads as {bb.fingerprint} (weights or preprocessing changed)")
-    return bb
+def _artifact_method(artifact: Path, device: Optional[str]):
+    """(method, backbone) of a `kshot fit` folder, refused if the backbone no longer loads as the same weights."""
+    from kshot.experiment import FittedRun
+
+    run = FittedRun.load(artifact)
+    bb = _load_backbone(run.info["backbone"], device)
+    run.check_backbone(bb, artifact)
+    return run.method, bb
 
 
 def _zeroshot_classes(ds, method: str, classes: Optional[Path]):
@@ -361,47 +347,60 @@ def eval_(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Run a protocol (methods x shots x seeds), resumable, and write a Markdown table and few-shot curves."""
-    from kshot import workflow as wf
-    from kshot.data.sources import load_dataset
+    from kshot import experiment as ex
+    from kshot.data.coop_source import load_any
     from kshot.eval.fewshot import FewShotInputs, FewShotProtocol, ResultStore, cached_feature_methods, run_fewshot
     from kshot.eval.report import markdown_table, plot_curves
 
     if protocol not in ("fewshot", "base2new"):
         raise KshotError(f"unknown protocol {protocol!r}; available: fewshot, base2new")
-    per_method: dict[str, dict] = {}
-    for pair in overrides or []:
-        key, _, _ = pair.partition("=")
-        if "." not in key:
-            raise KshotError(f"--set {key}=...: use method.key=value in eval (e.g. tip_adapter.alpha=1)")
-        m, field = key.split(".", 1)
-        per_method.setdefault(m, {}).update(wf.parse_overrides([pair.split(".", 1)[1]]))
-    seed_list = tuple(int(s) for s in seeds.split(","))
-    if protocol == "base2new":
-        from kshot.prompts.cli import run_base2new
+    from kshot.eval.base2new import DEFAULT_METHODS as BASE2NEW_METHODS
 
-        res = run_base2new(data, methods=method_names.split(",") if method_names else None, backbone=backbone,
-                           shots=[int(k) for k in (shots or "16").split(",")], seeds=seed_list, test=test,
+    names = _csv(method_names, "--methods", str) if method_names else list(
+        BASE2NEW_METHODS if protocol == "base2new" else cached_feature_methods())
+    shot_list = _csv(shots or ("16" if protocol == "base2new" else "1,2,4,8,16"), "--shots", int)
+    seed_list = tuple(_csv(seeds, "--seeds", int))
+    per_method = ex.method_overrides(overrides or [], names)  # every name and value checked before any work
+    if protocol == "base2new":
+        from kshot.methods.prompting.cli import run_base2new
+
+        res = run_base2new(data, methods=names, backbone=backbone, shots=shot_list, seeds=seed_list, test=test,
                            layout=layout, train_split=train_split, test_split=test_split, templates=templates,
                            prompts=prompts, overrides=per_method, preset=preset, views=views, out=out, cache=cache,
                            device=device, progress=console.print)
         Console().print(res["table"])
         console.print(f"results in {out}")
         return
-    names = method_names.split(",") if method_names else cached_feature_methods()
-    proto = FewShotProtocol(names, tuple(int(k) for k in (shots or "1,2,4,8,16").split(",")), seed_list, per_method)
-    pool = load_dataset(data, layout=layout, split=train_split)
-    test_ds = load_dataset(test or data, layout=layout if test is None else "auto", split=test_split)
+    proto = FewShotProtocol(names, tuple(shot_list), seed_list, per_method)
+    pool = load_any(data, layout=layout, split=train_split)
+    test_ds = load_any(test or data, layout=layout if test is None else "auto", split=test_split)
     bb = _load_backbone(backbone, device)
     store = _store(cache, device)
-    spec = wf.prompt_spec_for(pool, templates, prompts)
+    spec = ex.prompt_spec_for(pool, templates, prompts)
     inputs = FewShotInputs(pool.name, bb.spec, store.get(bb, pool, name="pool"), store.get(bb, test_ds, name="test"),
-                           pool.classnames, wf.text_weights_for(bb, pool, spec), bb.logit_scale)
+                           pool.classnames, ex.text_weights_for(bb, pool, spec), bb.logit_scale)
     records = run_fewshot(inputs, proto, ResultStore(out / "results.jsonl"), progress=console.print)
     table = markdown_table(records)
     (out / f"{pool.name}_table.md").write_text(table)
     plot_curves(records, out / f"{pool.name}_curves.png", f"{pool.name} — {bb.spec}")
     Console().print(table)
     console.print(f"results in {out}")
+
+
+def _csv(text: str, option: str, kind: type) -> list:
+    """'1,2,4' -> [1, 2, 4]; a ConfigError naming `option` for an empty list or a value that is not a `kind`."""
+    from kshot.errors import ConfigError
+
+    items = [t.strip() for t in text.split(",")]
+    try:
+        values = [kind(t) for t in items if t]
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected comma-separated {kind.__name__}s (e.g. 1,2,4)") from None
+    if not values or len(values) != len(items):
+        raise ConfigError(f"{option} {text!r}: expected comma-separated {kind.__name__}s (e.g. 1,2,4)")
+    if kind is int and any(v < 0 for v in values):
+        raise ConfigError(f"{option} {text!r}: values must be >= 0")
+    return values
 
 
 @app.command()
@@ -414,8 +413,8 @@ def methods() -> None:
     table.add_column("empty classes")
     table.add_column("description")
     for e in METHODS:
-        empty = "text-only" if getattr(e.obj, "supports_empty_classes", False) else "error"
-        if getattr(e.obj, "transductive", False):
+        empty = "text-only" if e.obj.supports_empty_classes else "error"
+        if e.obj.transductive:
             empty += ", transductive"
         table.add_row(e.name, empty, e.description)
     Console().print(table)
@@ -451,9 +450,8 @@ def export(
     if fmt in DEPLOY_FORMATS:
         if source is None or backbone is not None:
             raise ConfigError(f"--format {fmt} exports a `kshot fit` folder: pass it (and no --backbone)")
-        from kshot.methods import load
-
-        res = export_deploy(source, out, fmt, _artifact_backbone(source, "cpu"), load(source))
+        m, bb = _artifact_method(source, "cpu")
+        res = export_deploy(source, out, fmt, bb, m)
         console.print(f"wrote {res.path} ({fmt}, uint8 [N,3,H,W] -> {res.num_classes} logits; self-check max abs diff "
                       f"{res.check_diff:.1e}), {res.labels.name} and {res.preprocess.name} beside it")
         return
@@ -503,8 +501,10 @@ _mount_commands()
 SUBCOMMANDS = {
     "toyworld": ("kshot.toyworld.cli", "Generate, export and pretrain the toy world."),
     "continual": ("kshot.continual.cli", "PackNet and continual-learning baselines: run, eval, report."),
-    "prompts": ("kshot.prompts.cli", "Prompt-learning artifacts: explain learned context vectors."),
+    "prompts": ("kshot.methods.prompting.cli", "Prompt-learning artifacts: explain learned context vectors."),
     "challenge": ("kshot.pipelines.cli", "The Jittor challenge pipelines end to end."),
+    "bench": ("kshot.eval.bench_cli", "The few-shot paper table over several datasets (toy, coop11, folders)."),
+    "data": ("kshot.data.cli", "The CoOp benchmark datasets: list, prepare from the official archives, check."),
 }
 
 

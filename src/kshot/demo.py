@@ -86,7 +86,7 @@ def run_demo(out: Path, *, seed: int = 1, all_methods: bool = False, cache: Path
     """Run the demo and write its report to `out`; returns a summary dict (also written as summary.json)."""
     from kshot.backbones import load_backbone
     from kshot.data.sources import load_dataset
-    from kshot.workflow import text_weights_for, prompt_spec_for
+    from kshot.experiment import prompt_spec_for, text_weights_for
 
     con = console or Console()
     t0 = time.time()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterator, TypeVar
+
+from kshot.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -13,6 +16,13 @@ class Entry(Generic[T]):
     name: str
     obj: T
     description: str
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A name that is not registered; the message lists the registered names and the closest match."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class Registry(Generic[T]):
@@ -44,11 +54,22 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         try:
             return self._entries[name].obj
-        except KeyError:
-            known = ", ".join(sorted(self._entries)) or "(none)"
-            raise KeyError(f"unknown {self.kind} {name!r}; registered: {known}") from None
+        except (KeyError, TypeError):
+            raise UnknownNameError(self.unknown_message(name)) from None
+
+    def check(self, name: str) -> str:
+        """`name` if registered, else an UnknownNameError with the registered names and the closest match."""
+        self.get(name)
+        return name
+
+    def unknown_message(self, name: object) -> str:
+        known = sorted(self._entries)
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown {self.kind} {name!r}{hint}; registered: {', '.join(known) or '(none)'}"
 
     def describe(self, name: str) -> str:
+        self.get(name)
         return self._entries[name].description
 
     def names(self) -> list[str]:

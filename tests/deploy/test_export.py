@@ -57,7 +57,7 @@ def test_onnx_and_torchscript_match_kshot(world, kshot_logits, tmp_path, method)
     from kshot.deploy.onnx_predict import OnnxClassifier
     from kshot.features.decode import load_crop
     from kshot.methods import load
-    from kshot.workflow import predict_logits
+    from kshot.experiment import predict_logits
 
     ds, fs = kshot_logits
     art = _fit(world, method)

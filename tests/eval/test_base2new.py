@@ -10,7 +10,7 @@ from kshot.eval import base2new as b2n
 from kshot.eval.fewshot import ResultStore
 from kshot.features.featureset import FeatureSet
 from kshot.methods.base import METHODS
-from tests.prompts.conftest import make_toy_backbone
+from tests.methods.prompting.conftest import make_toy_backbone
 
 NAMES = ["red star", "blue circle", "green square", "yellow heart", "white ring"]  # base = first 3, new = last 2
 
@@ -91,7 +91,7 @@ def test_bad_splits():
 
 
 def test_run_base2new_from_disk(tmp_path):
-    from kshot.prompts.cli import run_base2new
+    from kshot.methods.prompting.cli import run_base2new
     from kshot.toyworld.export import export_coop
     from kshot.toyworld.generator import World, WorldSpec
 

@@ -176,3 +176,15 @@ def test_real_jittor_jt_load_reads_every_export(tmp_path: Path) -> None:
     r = subprocess.run([find_python(), "-c", JT_LOAD, *paths], env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "lpp.pkl" in r.stdout and "packnet.pkl" in r.stdout and "toy.pkl" in r.stdout
+
+
+def test_export_names_the_head_the_method_class_declares():
+    from kshot.experiment import zeroshot_on
+    from kshot.interop.export import method_to_jittor_dict
+    from kshot.methods import METHODS
+
+    doc = method_to_jittor_dict(zeroshot_on(["a", "b"], torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)))
+    assert json.loads(doc["meta"])["jittor_head"] == "zeroshot"
+    heads = {e.name: e.obj.jittor_head for e in METHODS if e.obj.jittor_head}
+    assert heads == {"zeroshot": "zeroshot", "linear_probe": "linear", "lpp": "lpp", "tip_adapter": "tip",
+                     "tip_adapter_f": "tip", "ape": "ape"}  # the six heads of kshot.jittor_backend.heads

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from kshot.errors import ConfigError
 from kshot.methods import create, load
-from tests.prompts.conftest import TOY_NAMES, feature_task, make_bpe_backbone, make_toy_backbone
+from tests.methods.prompting.conftest import TOY_NAMES, feature_task, make_bpe_backbone, make_toy_backbone
 
 EPOCHS, LR = 3, 0.5
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from kshot.errors import CheckpointError, ConfigError, DataError
 from kshot.features.featureset import FeatureSet
 from kshot.methods import Task, create, load
-from tests.prompts.conftest import TOY_NAMES, feature_task, make_bpe_backbone, make_toy_backbone
+from tests.methods.prompting.conftest import TOY_NAMES, feature_task, make_bpe_backbone, make_toy_backbone
 
 EPOCHS, LR = 4, 0.5
 

@@ -196,3 +196,39 @@ def test_contract_task_is_fast():
     m = create("linear_probe").fit(task)
     assert time.process_time() - t0 < 3.0  # CPU time, so a busy CI box does not fail it; ~0.4 s alone
     assert m.logits(task.val.features).shape == (len(task.val), 5)
+
+
+def test_torch_solver_converges_at_500_classes_like_sklearn():
+    """At ≥ 500 classes the torch probe's test accuracy is within 0.5 pt of scikit-learn lbfgs at the same C.
+
+    The reference runs to lpclip's convergence (tol on the summed objective = tol / N on scikit-learn's mean one).
+    """
+    classes, dim, shots = 500, 64, 2
+    g = torch.Generator().manual_seed(0)
+    common = F.normalize(torch.randn(dim, generator=g), dim=0)
+    means = F.normalize(common + 0.5 * F.normalize(torch.randn(classes, dim, generator=g), dim=1), dim=1)
+
+    def draw(y):
+        return F.normalize(means[y] + 0.6 * F.normalize(torch.randn(len(y), dim, generator=g), dim=1), dim=1)
+
+    y = torch.arange(classes).repeat_interleave(shots)
+    x = draw(y)
+    y_test = torch.arange(classes).repeat_interleave(3)
+    x_test = draw(y_test)
+    w, b = fit_logistic(x, y, classes, 1.0, solver="torch")
+    ours = accuracy(x_test @ w.T + b, y_test)
+    ref = _sklearn_reference(x, y, 1.0, tol=1e-4 / len(x))
+    theirs = float((torch.from_numpy(ref.predict(x_test.double().numpy())) == y_test).float().mean())
+    assert 0.2 < theirs < 0.95  # neither chance nor trivially separable
+    assert abs(ours - theirs) <= 0.005
+
+
+def test_default_validation_is_lpclips_subsample():
+    from kshot.methods.linear_probe import lpclip_val_subset
+
+    task, _ = make_task(c=4, k=8, d=16)
+    big = task.val.subset(torch.arange(len(task.val)).repeat(3))  # ≥ 4 images of every class
+    sub = lpclip_val_subset(big, shots=8, seed=0)
+    assert torch.equal(torch.bincount(sub.labels), torch.full((4,), 4))
+    assert torch.equal(torch.bincount(lpclip_val_subset(big, shots=2, seed=0).labels), torch.full((4,), 2))
+    assert torch.equal(lpclip_val_subset(big, 8, 0).features, sub.features)  # seeded

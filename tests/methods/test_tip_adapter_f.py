@@ -93,7 +93,7 @@ def test_empty_classes_round_trip_and_determinism(tmp_path):
 
 
 def test_bad_schedule():
-    with pytest.raises(ConfigError, match="schedule"):
+    with pytest.raises(ConfigError, match=r"TipAdapterFConfig\.lr must be > 0, got 0\.0"):
         create("tip_adapter_f", lr=0.0)
 
 

@@ -89,3 +89,17 @@ def test_toml_config_and_relative_prompt_paths(tmp_path) -> None:
 def test_unknown_shipped_name_lists_the_shipped_ones() -> None:
     with pytest.raises(ConfigError, match="seed004_clip_b"):
         load_config("no_such_pipeline")
+
+
+def test_method_names_and_params_are_checked_before_any_work() -> None:
+    from kshot.pipelines.configfile import config_from_dict
+
+    def doc(method: str, params: dict) -> dict:
+        return {"name": "x", "backbones": {"clip": "toy:clip"},
+                "stages": {"s": {"type": "method", "method": method, "backbone": "clip", "params": params}},
+                "output": "s"}
+
+    with pytest.raises(ConfigError, match=r"stage 's': unknown method 'tip_adaptr' \(did you mean 'tip_adapter'"):
+        config_from_dict(doc("tip_adaptr", {}))
+    with pytest.raises(ConfigError, match=r"stage 's': TipAdapterConfig\.init_alpha must be a finite number"):
+        config_from_dict(doc("tip_adapter", {"init_alpha": float("nan")}))

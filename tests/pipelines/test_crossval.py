@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from kshot.features.featureset import FeatureSet
-from kshot.methods.base import Task, create
-from kshot.pipelines.crossval import REFIT_RULES, choose_by_crossval, effective_folds, shot_folds
+from kshot.methods import METHODS, Task, create
+from kshot.pipelines.crossval import choose_by_crossval, effective_folds, shot_folds
 
 
 def _task(c: int = 6, k: int = 4, d: int = 16, seed: int = 0) -> Task:
@@ -59,10 +59,12 @@ def test_tip_adapter_refit_uses_the_median_fold_choice_and_no_search() -> None:
 
 
 def test_epoch_and_iteration_rules_count_from_the_best_index() -> None:
-    assert REFIT_RULES["lpp"]([{"best_iter": 9}, {"best_iter": 3}, {"best_iter": 5}]) == {"iters": 6,
-                                                                                          "select_on_val": False}
-    assert REFIT_RULES["linear_probe"]([{"C": 1e-2}, {"C": 1e2}, {"C": 1.0}]) == {"C": pytest.approx(1.0)}
-    assert REFIT_RULES["track1"]([{"alpha": 1, "beta": 2, "gamma": 0.5, "best_epoch": 4}])["epochs"] == 5
+    assert METHODS.get("lpp").refit_overrides([{"best_iter": 9}, {"best_iter": 3}, {"best_iter": 5}]) == {
+        "iters": 6, "select_on_val": False}
+    lp = METHODS.get("linear_probe")
+    assert lp.refit_overrides([{"C": 1e-2}, {"C": 1e2}, {"C": 1.0}]) == {"C": pytest.approx(1.0)}
+    track1 = METHODS.get("track1")
+    assert track1.refit_overrides([{"alpha": 1, "beta": 2, "gamma": 0.5, "best_epoch": 4}])["epochs"] == 5
 
 
 def test_methods_without_a_rule_or_without_tuning_keep_their_defaults() -> None:

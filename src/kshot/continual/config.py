@@ -25,8 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from kshot.config import apply_overrides, check_value, load_yaml
 from kshot.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -278,40 +277,18 @@ def _check_task(t: TaskSpec, where: str) -> None:
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
+    """`kshot.config.check_value` (types, finiteness; nested dataclasses through this module's `from_dict`)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, where)
+        tp = [a for a in args if a is not type(None)][0]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return from_dict(tp, value, where)
-    if origin is tuple:
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        args = typing.get_args(tp)
-        item_tp = args[0]
-        return tuple(_convert(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
+    return check_value(tp, value, where, {"nonempty": False})
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
@@ -353,60 +330,17 @@ def to_dict(cfg: Any) -> Any:
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ContinualConfig:
-    """Read a YAML run config and apply `key.path=value` overrides (YAML-parsed values; tasks by name or index).
+    """Read a YAML run config and apply `key.path=value` overrides (`kshot.config`'s grammar; tasks by name or
+    index).
 
     Example override: `schedule.train.epochs=2`, `tasks.cubs.train=/data/cubs/train`, `methods=[packnet]`.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the config must be a mapping at the top level")
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(load_yaml(path, "continual config"), overrides)
     try:
         return from_dict(ContinualConfig, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Return a copy of `data` with each `a.b.c=value` applied; list items are addressed by index or `name`."""
-    data = json.loads(json.dumps(data))
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected key.path=value")
-        value = yaml.safe_load(raw) if raw else None
-        node: Any = data
-        parts = key.split(".")
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            if isinstance(node, list):
-                idx = _list_index(node, part, item)
-                if last:
-                    node[idx] = value
-                node = node[idx]
-            elif isinstance(node, dict):
-                if last:
-                    node[part] = value
-                else:
-                    node = node.setdefault(part, {})
-            else:
-                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i])} is not a mapping or list")
-    return data
-
-
-def _list_index(node: list[Any], part: str, item: str) -> int:
-    if part.isdigit() and int(part) < len(node):
-        return int(part)
-    for i, v in enumerate(node):
-        if isinstance(v, dict) and v.get("name") == part:
-            return i
-    raise ConfigError(f"override {item!r}: no list item {part!r}")
 
 
 def config_hash(cfg: ContinualConfig) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -80,3 +81,17 @@ class Dataset:
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> "Dataset":
         return replace(self, items=[self.items[int(i)] for i in indices], skipped=list(self.skipped))
+
+
+def items_signature(dataset: Dataset) -> str:
+    """Hash of the item list: relative path, label and the file's size and mtime (missing files hash as such)."""
+    h = hashlib.sha256()
+    h.update(str(dataset.root.resolve()).encode())
+    for it in dataset.items:
+        try:
+            st = (dataset.root / it.path).stat()
+            sig = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            sig = "missing"
+        h.update(f"{it.path}\t{it.label}\t{sig}\n".encode())
+    return h.hexdigest()

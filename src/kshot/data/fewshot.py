@@ -35,8 +35,8 @@ _VAL_STREAM = 1  # extra entropy word so validation draws never reuse the shot p
 
 
 def default_val_shots(k: int) -> int:
-    """Validation shots per class for K training shots: min(K, 4) (Dassl/CoOp)."""
-    return min(k, 4)
+    """Validation shots per class for K training shots: min(max(K, 1), 4) (Dassl/CoOp; 1 for zero-shot)."""
+    return min(max(k, 1), 4)
 
 
 def _as_labels(labels: np.ndarray) -> np.ndarray:

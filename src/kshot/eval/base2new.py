@@ -25,13 +25,18 @@ import numpy as np
 import torch
 
 from kshot import __version__
-from kshot.data.fewshot import base_new_split, sample_k_shot, sample_val
+from kshot.data.fewshot import base_new_split
 from kshot.errors import DataError
-from kshot.eval.fewshot import ResultStore, config_hash, jsonable
+from kshot.experiment import ResultStore, Sweep, build_task, data_identity, jsonable, run_sweep
+from kshot.experiment import draw_selection as draw_pool_selection
+from kshot.experiment import method_config_hash as config_hash
 from kshot.features.featureset import FeatureSet
-from kshot.methods.base import Method, Task, config_to_dict, create
+from kshot.methods import Method, config_to_dict, create
 
 log = logging.getLogger(__name__)
+
+#: Methods of a base-to-new run when none are named.
+DEFAULT_METHODS = ("zeroshot", "coop", "atprompt")
 
 
 @dataclass
@@ -101,17 +106,14 @@ def split_classes(num_classes: int) -> tuple[np.ndarray, np.ndarray]:
 
 def draw_selection(pool_labels: np.ndarray, base: np.ndarray, shots: int, seed: int, k_val: int | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """(shot indices, validation indices) into the pool, base classes only; val = min(K, 4) per class by default."""
+    """(shot indices, validation indices) into the pool, base classes only (`kshot.experiment.draw_selection`)."""
     labels = np.asarray(pool_labels, dtype=np.int64)
     present = set(labels[labels >= 0].tolist())
     missing = [int(c) for c in base if int(c) not in present]
     if missing:
         raise DataError(f"the training pool has no images of {len(missing)} base classes (e.g. label {missing[0]})")
-    shot_idx = np.asarray(sample_k_shot(labels, shots, seed, classes=base.tolist(), allow_fewer=True), np.int64)
-    kv = min(max(shots, 1), 4) if k_val is None else k_val
-    val_idx = (np.asarray(sample_val(labels, shot_idx, kv, seed, classes=base.tolist()), np.int64) if kv > 0
-               else np.zeros(0, np.int64))
-    return shot_idx, val_idx
+    sel = draw_pool_selection(labels, shots, seed, classes=base.tolist(), k_val=k_val)
+    return sel.shots, sel.val
 
 
 def restrict(fs: FeatureSet, classes: np.ndarray) -> FeatureSet:
@@ -131,15 +133,8 @@ def harmonic_mean(base: float | None, new: float | None) -> float | None:
 
 
 def transfer(method: Method, classnames: list[str], text_weights: torch.Tensor | None) -> Method | None:
-    """The fitted `method` moved to other class names, or None when it cannot classify classes it was not fitted on."""
-    if hasattr(method, "for_classes"):
-        return method.for_classes(list(classnames))
-    if method.name == "zeroshot" and text_weights is not None:
-        return create("zeroshot").fit(Task(train=FeatureSet(torch.zeros(0, text_weights.shape[1]),
-                                                            torch.zeros(0, dtype=torch.long), []),
-                                           classnames=list(classnames), text_weights=text_weights,
-                                           logit_scale=getattr(method, "scale_", 100.0)))
-    return None
+    """The fitted `method` moved to other class names (its `for_classes` hook), or None when it cannot."""
+    return method.for_classes(list(classnames), text_weights)
 
 
 def _accuracy(method: Method, fs: FeatureSet) -> float:
@@ -159,10 +154,9 @@ def run_cell(inputs: Base2NewInputs, method: str, shots: int, seed: int, overrid
     m = create(method, **overrides)
     names = list(inputs.classnames)
     tw = inputs.text_weights
-    task = Task(train=inputs.pool_features(shot_idx), val=inputs.pool_features(val_idx) if len(val_idx) else None,
-                classnames=names[: len(base)], text_weights=None if tw is None else tw[: len(base)],
-                unlabeled=test_b if m.transductive else None, logit_scale=inputs.logit_scale,
-                backbone=inputs.backbone if m.needs_backbone else None, seed=seed)
+    task = build_task(m, inputs.pool_features(shot_idx), names[: len(base)], None if tw is None else tw[: len(base)],
+                      val=inputs.pool_features(val_idx) if len(val_idx) else None, test=test_b,
+                      logit_scale=inputs.logit_scale, backbone=inputs.backbone, seed=seed)
     t0 = time.perf_counter()
     m.fit(task)
     fit_s = time.perf_counter() - t0
@@ -170,8 +164,9 @@ def run_cell(inputs: Base2NewInputs, method: str, shots: int, seed: int, overrid
     moved = transfer(m, names[len(base):], None if tw is None else tw[len(base):])
     new_acc = None if moved is None else _accuracy(moved, test_n)
     return {
-        "protocol": "base2new", "dataset": inputs.name, "backbone": inputs.spec, "method": method, "shots": shots,
-        "seed": seed, "config_hash": config_hash(method, overrides), "config": config_to_dict(m.config),
+        "protocol": "base2new", "dataset": inputs.name, "backbone": inputs.spec, "test": data_identity(inputs.test),
+        "method": method, "shots": shots, "seed": seed, "config_hash": config_hash(method, overrides),
+        "config": config_to_dict(m.config),
         "base_acc": base_acc, "new_acc": new_acc, "hm": harmonic_mean(base_acc, new_acc),
         "num_base": len(base), "num_new": len(new), "n_test_base": len(test_b), "n_test_new": len(test_n),
         "fit_seconds": round(fit_s, 4), "meta": jsonable(m.fitted_meta()), "kshot": __version__,
@@ -181,20 +176,19 @@ def run_cell(inputs: Base2NewInputs, method: str, shots: int, seed: int, overrid
 
 def run_protocol(inputs: Base2NewInputs, protocol: Base2NewProtocol, store: ResultStore,
                  progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Run every missing cell; returns this dataset/backbone's records (old and new)."""
-    done = store.done()
-    hashes = {m: config_hash(m, protocol.overrides.get(m, {})) for m in protocol.methods}
-    cells = [(m, k, s) for m in protocol.methods for k in protocol.shots for s in protocol.seeds]
-    for method, k, seed in cells:
-        if (inputs.name, inputs.spec, method, hashes[method], k, seed) in done:
-            continue
-        rec = run_cell(inputs, method, k, seed, protocol.overrides.get(method, {}), protocol.k_val)
-        store.append(rec)
+    """Run every missing cell (`kshot.experiment.run_sweep`); returns this sweep's records (old and new)."""
+    sweep = Sweep("base2new", inputs.name, inputs.spec, data_identity(inputs.test))
+
+    def cell(method: str, k: int, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:
+        return run_cell(inputs, method, k, seed, overrides, protocol.k_val)
+
+    def report(rec: dict[str, Any]) -> None:
         if progress:
             new = "–" if rec["new_acc"] is None else f"{100 * rec['new_acc']:.2f}"
-            progress(f"{method:>10} K={k:<2} seed={seed}  base={100 * rec['base_acc']:.2f}  new={new}")
-    keys = {(inputs.name, inputs.spec, m, hashes[m], k, s) for m, k, s in cells}
-    return [r for r in store.records if ResultStore.key(r) in keys]
+            progress(f"{rec['method']:>10} K={rec['shots']:<2} seed={rec['seed']}  base={100 * rec['base_acc']:.2f}  "
+                     f"new={new}")
+
+    return run_sweep(sweep, protocol.methods, protocol.shots, protocol.seeds, protocol.overrides, store, cell, report)
 
 
 # ---- reports -----------------------------------------------------------------------------------------------------

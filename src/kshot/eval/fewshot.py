@@ -8,21 +8,22 @@ what is done.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from kshot import __version__
 from kshot.eval.metrics import summarize, topk_ids
+from kshot.experiment import ResultStore, Sweep, build_task, data_identity, draw_selection, jsonable, run_sweep
+from kshot.experiment import method_config_hash as config_hash
 from kshot.features.featureset import FeatureSet
-from kshot.methods.base import METHODS, config_to_dict, create
+from kshot.methods import METHODS, config_to_dict, create
+
+__all__ = ["DEFAULT_SHOTS", "FewShotInputs", "FewShotProtocol", "ResultStore", "cached_feature_methods",
+           "config_hash", "jsonable", "run_cell", "run_fewshot"]
 
 log = logging.getLogger(__name__)
 
@@ -73,60 +74,14 @@ class FewShotInputs:
     encoder: Any = None
 
 
-def config_hash(method: str, overrides: dict[str, Any]) -> str:
-    cfg = config_to_dict(create(method, **overrides).config)
-    return hashlib.sha256(json.dumps({"method": method, "config": cfg}, sort_keys=True, default=str).encode()
-                          ).hexdigest()[:12]
-
-
-class ResultStore:
-    """Append-only JSONL of finished cells, keyed by (dataset, backbone, method, config, shots, seed)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.records: list[dict[str, Any]] = []
-        if self.path.is_file():
-            for n, line in enumerate(self.path.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    self.records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    log.warning("%s:%d: skipping a torn line (interrupted write)", self.path, n)
-
-    @staticmethod
-    def key(rec: dict[str, Any]) -> tuple:
-        return (rec["dataset"], rec["backbone"], rec["method"], rec["config_hash"], rec["shots"], rec["seed"])
-
-    def done(self) -> set[tuple]:
-        return {self.key(r) for r in self.records}
-
-    def append(self, rec: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
-        self.records.append(rec)
-
-
 def run_cell(inputs: FewShotInputs, method: str, shots: int, seed: int, overrides: dict[str, Any],
              k_val: int | None = None) -> tuple[dict[str, Any], torch.Tensor]:
     """Fit one method on one draw and score it on the test features. Returns (metrics record, test logits)."""
-    from kshot.data.fewshot import sample_k_shot, sample_val
-    from kshot.methods.base import Task
-
-    labels = inputs.pool.labels.numpy()
     m = create(method, **overrides)
-    if shots > 0:
-        shot_idx = np.asarray(sample_k_shot(labels, shots, seed, allow_fewer=True), dtype=np.int64)
-    else:
-        shot_idx = np.zeros(0, dtype=np.int64)
-    kv = min(max(shots, 1), 4) if k_val is None else k_val
-    val_idx = np.asarray(sample_val(labels, shot_idx, kv, seed), dtype=np.int64)
-    task = Task(train=inputs.pool.subset(shot_idx), val=inputs.pool.subset(val_idx) if len(val_idx) else None,
-                classnames=inputs.classnames, text_weights=inputs.text_weights,
-                unlabeled=inputs.test if m.transductive else None, logit_scale=inputs.logit_scale, seed=seed,
-                backbone=inputs.encoder if m.needs_backbone else None)
+    sel = draw_selection(inputs.pool.labels.numpy(), shots, seed, k_val=k_val)
+    task = build_task(m, inputs.pool.subset(sel.shots), inputs.classnames, inputs.text_weights,
+                      val=inputs.pool.subset(sel.val), test=inputs.test, logit_scale=inputs.logit_scale,
+                      backbone=inputs.encoder, seed=seed)
     t0 = time.perf_counter()
     m.fit(task)
     fit_s = time.perf_counter() - t0
@@ -136,8 +91,9 @@ def run_cell(inputs: FewShotInputs, method: str, shots: int, seed: int, override
     ids = topk_ids(logits, 5).numpy()
     metrics = summarize(ids, inputs.test.labels.numpy(), len(inputs.classnames), domains=inputs.test.domains)
     rec = {
-        "dataset": inputs.name, "backbone": inputs.backbone, "method": method, "shots": shots, "seed": seed,
-        "config_hash": config_hash(method, overrides), "config": config_to_dict(m.config),
+        "protocol": "fewshot", "dataset": inputs.name, "backbone": inputs.backbone, "test": data_identity(inputs.test),
+        "method": method, "shots": shots, "seed": seed, "config_hash": config_hash(method, overrides),
+        "config": config_to_dict(m.config),
         "top1": metrics["top1"], "top5": metrics["top5"], "mean_per_class": metrics["mean_per_class"],
         "per_domain": {d: v["top1"] for d, v in metrics.get("per_domain", {}).items()},
         "fit_seconds": round(fit_s, 4), "predict_seconds": round(pred_s, 4),
@@ -148,38 +104,20 @@ def run_cell(inputs: FewShotInputs, method: str, shots: int, seed: int, override
 
 def run_fewshot(inputs: FewShotInputs, protocol: FewShotProtocol, store: ResultStore,
                 progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Run every missing cell of the protocol; returns this dataset/backbone's records (old and new)."""
-    from tqdm.auto import tqdm
+    """Run every missing cell of the protocol (`kshot.experiment.run_sweep`); returns this sweep's records."""
+    sweep = Sweep("fewshot", inputs.name, inputs.backbone, data_identity(inputs.test))
 
-    done = store.done()
-    cells = [(m, k, s) for m in protocol.methods for k in protocol.shots for s in protocol.seeds]
-    hashes = {m: config_hash(m, protocol.overrides.get(m, {})) for m in protocol.methods}
-    bar = tqdm(cells, desc=f"{inputs.name}", unit="cell", leave=False)
-    for method, k, seed in bar:
-        key = (inputs.name, inputs.backbone, method, hashes[method], k, seed)
-        if key in done:
-            continue
-        bar.set_postfix_str(f"{method} K={k} seed={seed}")
-        rec, _ = run_cell(inputs, method, k, seed, protocol.overrides.get(method, {}), protocol.k_val)
-        store.append(rec)
+    def cell(method: str, k: int, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:
+        return run_cell(inputs, method, k, seed, overrides, protocol.k_val)[0]
+
+    def report(rec: dict[str, Any]) -> None:
         if progress:
-            progress(f"{method:>14} K={k:<2} seed={seed}  top1={100 * rec['top1']:.2f}")
-    keys = {(inputs.name, inputs.backbone, m, hashes[m], k, s) for m, k, s in cells}
-    return [r for r in store.records if ResultStore.key(r) in keys]
+            progress(f"{rec['method']:>14} K={rec['shots']:<2} seed={rec['seed']}  top1={100 * rec['top1']:.2f}")
+
+    return run_sweep(sweep, protocol.methods, protocol.shots, protocol.seeds, protocol.overrides, store, cell, report)
 
 
 def cached_feature_methods(include_backbone: bool = False) -> list[str]:
     """Registered methods that run from cached features alone (no encoder in the loop); with `include_backbone`,
     also those that run the text tower (prompt learning)."""
-    import kshot.methods  # noqa: F401
-
-    return [e.name for e in METHODS if include_backbone or not getattr(e.obj, "needs_backbone", False)]
-
-
-def jsonable(value: Any) -> Any:
-    """`value` if JSON can encode it, else its string form (fitted metadata in result records)."""
-    try:
-        json.dumps(value)
-        return value
-    except TypeError:
-        return str(value)
+    return [e.name for e in METHODS if include_backbone or not e.obj.needs_backbone]

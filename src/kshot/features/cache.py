@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from kshot.backbones.base import Backbone
-from kshot.data.dataset import Dataset
+from kshot.data.dataset import Dataset, items_signature
 from kshot.errors import CacheError
 from kshot.features.augment import AugmentPolicy
 from kshot.features.distributed import Shard
@@ -49,20 +49,6 @@ DEFAULT_CHUNK = 8192
 def default_cache_dir() -> Path:
     """`$KSHOT_CACHE` or `~/.cache/kshot/features`."""
     return Path(os.environ.get("KSHOT_CACHE", Path.home() / ".cache" / "kshot")) / "features"
-
-
-def items_signature(dataset: Dataset) -> str:
-    """Hash of the item list: relative path, label and the file's size and mtime (missing files hash as such)."""
-    h = hashlib.sha256()
-    h.update(str(dataset.root.resolve()).encode())
-    for it in dataset.items:
-        try:
-            st = (dataset.root / it.path).stat()
-            sig = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            sig = "missing"
-        h.update(f"{it.path}\t{it.label}\t{sig}\n".encode())
-    return h.hexdigest()
 
 
 def cache_key(backbone: Backbone, dataset: Dataset, policy: AugmentPolicy) -> tuple[str, dict[str, Any]]:

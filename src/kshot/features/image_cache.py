@@ -3,7 +3,7 @@
 Several backbones with the same input geometry, augmented-view-free re-runs and benchmark sweeps then skip JPEG
 decoding entirely: extraction reads slices of the array, uploads uint8 and normalises on the device.
 
-Key = hash(format, item signature (`kshot.features.cache.items_signature`: root, paths, labels, file sizes and
+Key = hash(format, item signature (`kshot.data.dataset.items_signature`: root, paths, labels, file sizes and
 mtimes), item count, geometry (size, resize mode, crop_pct, interpolation)). The model is not part of the key. A
 changed dataset or geometry is a different entry, so an entry is never stale.
 
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from kshot.data.dataset import Dataset
+from kshot.data.dataset import Dataset, items_signature
 from kshot.errors import CacheError
 from kshot.features.tensor_transforms import Geometry
 
@@ -48,8 +48,6 @@ MISSING, OK, BAD = 0, 1, 2
 
 def image_cache_key(dataset: Dataset, geom: Geometry) -> tuple[str, dict[str, Any]]:
     """(20-hex key, key fields) of `dataset` preprocessed to `geom`."""
-    from kshot.features.cache import items_signature
-
     fields = {"kind": KIND, "format": FORMAT_VERSION, "items": items_signature(dataset), "n_items": len(dataset),
               "geometry": geom.key()}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20], fields

@@ -54,7 +54,7 @@ def align(
     """Run a CLIP checkpoint (and fitted heads) in PyTorch and in Jittor; report per-stage differences."""
     import torch
 
-    from kshot import workflow as wf
+    from kshot import experiment as wf
     from kshot.backbones import load_backbone
     from kshot.data.sources import load_dataset
     from kshot.interop.align import align_report, write_report

@@ -65,7 +65,8 @@ def method_to_jittor_dict(method: Any) -> dict[str, Any]:
         "kshot_format": METHOD_FORMAT,
         "method": method.name,
         "config": json.dumps(config_to_dict(method.config)),
-        "meta": json.dumps(method.fitted_meta()),
+        "meta": json.dumps({**method.fitted_meta(), **({"jittor_head": method.jittor_head} if method.jittor_head
+                                                         else {})}),
     }
     return {**head, **_tensors(method.state_dict(), set(head))}
 

@@ -37,7 +37,7 @@ from kshot.jittor_backend.weights import jclip_state
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JittorError", "JittorSession", "align_report", "format_align_markdown", "jittor_available"]
+__all__ = ["JittorError", "JittorSession", "jittor_available"]
 
 
 class JittorSession:
@@ -189,17 +189,3 @@ class JittorSession:
 
     def __repr__(self) -> str:
         return f"JittorSession({json.dumps(self.describe())})"
-
-
-def align_report(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """`kshot.interop.align.align_report` (PyTorch vs Jittor per stage)."""
-    from kshot.interop.align import align_report as run
-
-    return run(*args, **kwargs)
-
-
-def format_align_markdown(report: dict[str, Any]) -> str:
-    """`kshot.interop.align.format_align_markdown`."""
-    from kshot.interop.align import format_align_markdown as fmt
-
-    return fmt(report)

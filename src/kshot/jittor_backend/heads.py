@@ -4,15 +4,16 @@ Runs inside the Jittor worker. Each head evaluates the same formula as the metho
 modules cite the papers) on the arrays of its `method/1` export (`kshot.jittor_backend.artifact`):
 
 - zeroshot: weights W [C, D]; meta scale s -> s · f Wᵀ;
-- linear_probe: weight W [C, D], bias b [C] -> f Wᵀ + b;
+- linear (linear_probe): weight W [C, D], bias b [C] -> f Wᵀ + b;
 - lpp: weight W, text T [C, D], bias b, alpha α [C] -> f Wᵀ + b + α ⊙ (f Tᵀ);
-- tip_adapter, tip_adapter_f: text_weights W [C, D], keys K [M, D], key_labels L [M]; meta alpha, beta, scale,
+- tip (tip_adapter, tip_adapter_f): text_weights W [C, D], keys K [M, D], key_labels L [M]; meta alpha, beta, scale,
   num_classes -> s · f Wᵀ + α · exp(−β (1 − f Kᵀ)) · onehot(L);
 - ape: text_weights W, keys_sel K [M, Q], key_labels L, channels [Q], kl [M]; meta alpha, beta, gamma, scale,
   num_classes -> s · f Wᵀ + α · exp(−β (1 − f' Kᵀ)) · (onehot(L) ⊙ exp(γ · kl)),
   f' = normalise(f[:, channels]).
 
-Any other method raises a CheckpointError naming the supported ones.
+The head is the one the method class declares (`Method.jittor_head`, written into the export's meta); an export
+without one raises a CheckpointError naming the heads.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ import numpy as np
 from kshot.errors import CheckpointError
 from kshot.jittor_backend.artifact import MethodArtifact
 
-SUPPORTED = ("zeroshot", "linear_probe", "lpp", "tip_adapter", "tip_adapter_f", "ape")
-_NEEDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+#: Head formulas (a method declares its own with the class attribute `Method.jittor_head`, which the export writes
+#: into the artifact's meta as `jittor_head`) -> the arrays and meta values each needs.
+HEADS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "zeroshot": (("weights",), ("scale",)),
-    "linear_probe": (("weight", "bias"), ()),
+    "linear": (("weight", "bias"), ()),
     "lpp": (("weight", "bias", "alpha", "text"), ()),
-    "tip_adapter": (("text_weights", "keys", "key_labels"), ("alpha", "beta", "scale", "num_classes")),
-    "tip_adapter_f": (("text_weights", "keys", "key_labels"), ("alpha", "beta", "scale", "num_classes")),
+    "tip": (("text_weights", "keys", "key_labels"), ("alpha", "beta", "scale", "num_classes")),
     "ape": (("text_weights", "keys_sel", "key_labels", "channels", "kl"),
             ("alpha", "beta", "gamma", "scale", "num_classes")),
 }
@@ -68,10 +69,12 @@ class JittorHead:
     """
 
     def __init__(self, art: MethodArtifact):
-        if art.method not in SUPPORTED:
-            raise CheckpointError(f"method {art.method!r} has no Jittor head; supported: {', '.join(SUPPORTED)} "
-                                  "(prompt-learning and transductive methods need their torch code)")
-        arrays, meta = _NEEDS[art.method]
+        self.kind = str(art.meta.get("jittor_head") or "")
+        if self.kind not in HEADS:
+            raise CheckpointError(f"method {art.method!r} has no Jittor head (its class declares none; heads: "
+                                  f"{', '.join(HEADS)}; prompt-learning and transductive methods need their torch "
+                                  "code)")
+        arrays, meta = HEADS[self.kind]
         missing = [f"array {k!r}" for k in arrays if k not in art.arrays]
         missing += [f"meta {k!r}" for k in meta if art.meta.get(k) is None]
         if missing:
@@ -82,19 +85,19 @@ class JittorHead:
 
     def _build(self, art: MethodArtifact) -> Callable[[jt.Var], jt.Var]:
         a, m = art.arrays, art.meta
-        if art.method == "zeroshot":
+        if self.kind == "zeroshot":
             w, s = _f32(a["weights"]), float(m["scale"])
             return lambda f: s * jt.matmul(f, w.transpose(1, 0))
-        if art.method == "linear_probe":
+        if self.kind == "linear":
             w, b = _f32(a["weight"]), _f32(a["bias"])
             return lambda f: jt.matmul(f, w.transpose(1, 0)) + b
-        if art.method == "lpp":
+        if self.kind == "lpp":
             w, b, alpha, t = _f32(a["weight"]), _f32(a["bias"]), _f32(a["alpha"]), _f32(a["text"])
             return lambda f: jt.matmul(f, w.transpose(1, 0)) + b + alpha * jt.matmul(f, t.transpose(1, 0))
         text, s = _f32(a["text_weights"]), float(m["scale"])
         alpha, beta, c = float(m["alpha"]), float(m["beta"]), int(m["num_classes"])
         values = _one_hot(a["key_labels"], c)
-        if art.method in ("tip_adapter", "tip_adapter_f"):
+        if self.kind == "tip":
             keys, vals = _f32(a["keys"]), _f32(values)
 
             def tip(f: jt.Var) -> jt.Var:

@@ -1,6 +1,6 @@
 """Few-shot methods behind one interface. Each module registers one method in `METHODS`."""
 
-from kshot.methods.base import METHODS, Method, Task, create, load
+from kshot.methods.base import METHODS, Method, Task, config_to_dict, create, load
 
 # Method modules are imported here explicitly (no star imports); each registers itself.
 from kshot.methods import zeroshot  # noqa: F401
@@ -17,4 +17,4 @@ from kshot.methods import coop  # noqa: F401
 from kshot.methods import cocoop  # noqa: F401
 from kshot.methods import atprompt  # noqa: F401
 
-__all__ = ["METHODS", "Method", "Task", "create", "load"]
+__all__ = ["METHODS", "Method", "Task", "config_to_dict", "create", "load"]

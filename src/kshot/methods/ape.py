@@ -27,14 +27,18 @@ Classes without shots have no cache entry; their pool is the text feature alone 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from kshot.config import param
 from kshot.errors import CheckpointError, ConfigError, DataError
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
+from kshot.methods.cache_ops import ClassBlocks, kernel_sum
 from kshot.methods.checks import check_features
 from kshot.methods.search import cache_kernel, grid_search, linear_grid
 from kshot.methods.tip_adapter import cache_inputs, in_row_chunks, one_hot, validate_cache_policy
@@ -126,6 +130,14 @@ def ape_logits(features: torch.Tensor, text_weights: torch.Tensor, keys_sel: tor
                                                                     beta) @ values
 
 
+def ape_block_logits(features: torch.Tensor, text_weights: torch.Tensor, keys_sel: torch.Tensor, blocks: ClassBlocks,
+                     weight: torch.Tensor, channels: torch.Tensor, alpha: float, beta: float,
+                     scale: float) -> torch.Tensor:
+    """`ape_logits` with one-hot values by `blocks` and entry weights `weight` [M] (exp(γ·KL)): a segment sum."""
+    cache = kernel_sum(project(features, channels) @ keys_sel.T, beta, blocks, weight)
+    return torch.addmm(cache, features, text_weights.T, beta=alpha, alpha=scale)
+
+
 @dataclass(frozen=True)
 class APEConfig:
     """APE hyper-parameters (defaults: `yangyangyang127/APE:configs/dtd.yaml`).
@@ -142,15 +154,15 @@ class APEConfig:
         cache_policy: see `TipAdapterConfig.cache_policy` (official: "mean" of 10 augmented views).
     """
 
-    lam: float = 0.5
-    channels: float = 400.0
-    reference_dim: int = 1024
-    init_beta: float = 1.0
-    init_alpha: float = 3.0
-    init_gamma: float = 0.1
+    lam: float = param(0.5, ge=0, le=1)
+    channels: float = param(400.0, gt=0)
+    reference_dim: int = param(1024, ge=1)
+    init_beta: float = param(1.0, ge=0)
+    init_alpha: float = param(3.0, ge=0)
+    init_gamma: float = param(0.1, ge=0)
     search: bool = True
-    search_scale: tuple[float, float, float] = (7.0, 7.0, 1.0)
-    search_steps: tuple[int, int, int] = (200, 20, 20)
+    search_scale: tuple[float, float, float] = param((7.0, 7.0, 1.0), gt=0)
+    search_steps: tuple[int, int, int] = param((200, 20, 20), ge=1)
     cache_policy: str = "mean"
 
     def __post_init__(self) -> None:
@@ -183,6 +195,13 @@ def search_ape(cfg: Any, task: Task, clip_logits_fn: Any, affinity_fn: Any, valu
 class APE(Method):
     name = "ape"
     config_cls = APEConfig
+    cv_tunes: ClassVar[bool | None] = True
+    jittor_head: ClassVar[str | None] = "ape"
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return refit.cache_values(metas, gamma=True)
     supports_empty_classes: ClassVar[bool] = True
 
     def fit(self, task: Task) -> "APE":
@@ -215,9 +234,12 @@ class APE(Method):
         self._check_fitted()
         check_features(features, self.text_weights_.shape[1])
         dev = features.device
-        text, keys, values = self.text_weights_.to(dev), self.keys_sel_.to(dev), self.weighted_values(dev)
-        return in_row_chunks(lambda f: ape_logits(f, text, keys, values, self.channels_, self.alpha_, self.beta_,
-                                                  self.scale_), features.float())
+        text, keys = self.text_weights_.to(dev), self.keys_sel_.to(dev)
+        blocks = ClassBlocks.of(self.key_labels_.to(dev), self.num_classes_)
+        weight = torch.exp(self.gamma_ * self.kl_.to(dev))
+        channels = self.channels_.to(dev)
+        return in_row_chunks(lambda f: ape_block_logits(f, text, keys, blocks, weight, channels, self.alpha_,
+                                                        self.beta_, self.scale_), features.float())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"text_weights": self.text_weights_, "keys_sel": self.keys_sel_, "key_labels": self.key_labels_,

@@ -23,16 +23,19 @@ Classes without shots have no cache entry but keep their residual row (trained t
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
+from kshot.config import param
 from kshot.errors import CheckpointError, ConfigError
 from kshot.methods.ape import ape_criterion, resolve_num_channels, search_ape, select_channels
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
+from kshot.methods.cache_ops import ClassBlocks, kernel_sum
 from kshot.methods.checks import check_features
-from kshot.methods.search import cache_kernel
 from kshot.methods.tip_adapter import cache_inputs, in_row_chunks, one_hot, validate_cache_policy
 from kshot.methods.tip_adapter_f import TrainSchedule, train_epochs
 
@@ -48,12 +51,15 @@ def pad_residual(residual: torch.Tensor, channels: torch.Tensor, dim: int) -> to
 def ape_t_logits(features: torch.Tensor, text_weights: torch.Tensor, keys: torch.Tensor, key_labels: torch.Tensor,
                  channels: torch.Tensor, residual: torch.Tensor, value_weights: torch.Tensor, num_classes: int,
                  alpha: float, beta: float, scale: float) -> torch.Tensor:
-    """APE-T logits [N, C] for features [N, D] (official in-place channel modification, full-width affinity)."""
+    """APE-T logits [N, C] for features [N, D] (official in-place channel modification, full-width affinity).
+
+    The values L ⊙ w are one-hot by `key_labels`, so the cache term is a per-class segment sum (`cache_ops`).
+    """
     pad = pad_residual(residual, channels, text_weights.shape[1])  # [C, D]
     new_text = text_weights + pad
     new_keys = keys + pad[key_labels]
-    values = one_hot(key_labels, num_classes) * value_weights[:, None]
-    return scale * features @ new_text.T + alpha * cache_kernel(features @ new_keys.T, beta) @ values
+    cache = kernel_sum(features @ new_keys.T, beta, ClassBlocks.of(key_labels, num_classes), value_weights)
+    return torch.addmm(cache, features, new_text.T, beta=alpha, alpha=scale)
 
 
 @dataclass(frozen=True)
@@ -76,20 +82,20 @@ class APETConfig:
         weight_decay: official 0.1.
     """
 
-    lam: float = 0.2
-    channels: float = 700.0
-    reference_dim: int = 1024
-    init_beta: float = 1.0
-    init_alpha: float = 3.0
+    lam: float = param(0.2, ge=0, le=1)
+    channels: float = param(700.0, gt=0)
+    reference_dim: int = param(1024, ge=1)
+    init_beta: float = param(1.0, ge=0)
+    init_alpha: float = param(3.0, ge=0)
     search: bool = True
-    search_scale: tuple[float, float] = (7.0, 7.0)
-    search_steps: tuple[int, int] = (200, 20)
+    search_scale: tuple[float, float] = param((7.0, 7.0), gt=0)
+    search_steps: tuple[int, int] = param((200, 20), ge=1)
     cache_policy: str = "mean"
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-3
-    eps: float = 1e-3
-    weight_decay: float = 0.1
+    epochs: int = param(20, ge=0)
+    batch_size: int = param(256, ge=1)
+    lr: float = param(1e-3, gt=0)
+    eps: float = param(1e-3, gt=0)
+    weight_decay: float = param(0.1, ge=0)
 
     def __post_init__(self) -> None:
         validate_cache_policy(self.cache_policy)
@@ -105,6 +111,12 @@ class APETConfig:
 class APET(Method):
     name = "ape_t"
     config_cls = APETConfig
+    cv_tunes: ClassVar[bool | None] = True
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return {**refit.cache_values(metas), "epochs": refit.count(metas, "best_epoch")}
     supports_empty_classes: ClassVar[bool] = True
 
     def fit(self, task: Task) -> "APET":

@@ -6,11 +6,11 @@ word embedding of an attribute word ("shape", "color"), each aⁱ block is learn
 soft tokens c are CoOp's context (init N(0, 0.02²)). With `base='cocoop'` the CoCoOp meta-net bias is added to the
 class soft tokens only (as in `cocoop_atp.py`).
 
-Attributes: `attributes` if given; else the differentiable search (`kshot.prompts.search`) over `candidates` on the
-task's train/val shots; else the paper's choice for `dataset` (`kshot.prompts.datasets.BENCHMARKS`); else ImageNet's
-("color", "shape"). Defaults follow `docs/ATPrompt.md`: CoOp+ATP uses NCTX=2 (m = n = 2), 100 epochs and otherwise
-CoOp's `vit_b16` schedule (SGD lr 0.002, batch 32, 1 warm-up epoch + cosine); CoCoOp+ATP 10 epochs, batch 1. The last
-epoch is kept. Like CoOp, image features come from the cache (see `kshot.methods.coop`).
+Attributes: `attributes` if given; else the differentiable search (`kshot.methods.prompting.search`) over `candidates`
+on the task's train/val shots; else the paper's choice for `dataset` (`kshot.data.benchmarks.BENCHMARKS`); else
+ImageNet's ("color", "shape"). Defaults follow `docs/ATPrompt.md`: CoOp+ATP uses NCTX=2 (m = n = 2), 100 epochs and
+otherwise CoOp's `vit_b16` schedule (SGD lr 0.002, batch 32, 1 warm-up epoch + cosine); CoCoOp+ATP 10 epochs, batch 1.
+The last epoch is kept. Like CoOp, image features come from the cache (see `kshot.methods.coop`).
 """
 
 from __future__ import annotations
@@ -21,15 +21,16 @@ from typing import Any
 
 import torch
 
+from kshot.config import param
 from kshot.errors import ConfigError
 from kshot.methods.base import METHODS, Task
-from kshot.prompts.datasets import get_benchmark
-from kshot.prompts.layout import attribute_pieces
-from kshot.prompts.learner import GroupSpec
-from kshot.prompts.method import Design, PromptConfig, PromptMethod, context_block
-from kshot.prompts.search import SearchConfig, search_attributes
-from kshot.prompts.tokens import content_ids
-from kshot.prompts.train import Schedule
+from kshot.data.benchmarks import get_benchmark
+from kshot.methods.prompting.layout import attribute_pieces
+from kshot.methods.prompting.learner import GroupSpec
+from kshot.methods.prompting.method import Design, PromptConfig, PromptMethod, context_block
+from kshot.methods.prompting.search import SearchConfig, search_attributes
+from kshot.methods.prompting.tokens import content_ids
+from kshot.methods.prompting.train import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -50,28 +51,31 @@ class ATPromptConfig(PromptConfig):
         dataset: benchmark name whose published attributes to use (Caltech101 -> shape, size; ...).
         base: 'coop' or 'cocoop' (meta-net bias on the class soft tokens).
         epochs: None = 100 (coop) / 10 (cocoop); batch_size: None = 32 (coop) / 1 (cocoop).
-        search_epochs, search_max_size: attribute-search schedule (official 40 epochs; see kshot.prompts.search).
+        search_epochs, search_max_size: attribute-search schedule (official 40 epochs; see
+        kshot.methods.prompting.search).
         eval_batch_size: images encoded together in `logits()` for base='cocoop'.
     """
 
-    n_ctx: int = 2
-    n_att: int | None = None
-    attr_init_std: float = 0.01
+    n_ctx: int = param(2, ge=1)
+    n_att: int | None = param(None, ge=1)
+    attr_init_std: float = param(0.01, ge=0)
     attributes: tuple[str, ...] = ()
     candidates: tuple[str, ...] = ()
     dataset: str = ""
     base: str = "coop"
-    epochs: int | None = None
-    batch_size: int | None = None  # type: ignore[assignment]
-    search_epochs: int = 40
-    search_max_size: int = 3
-    eval_batch_size: int = 64
+    epochs: int | None = param(None, ge=0)
+    batch_size: int | None = param(None, ge=1)  # type: ignore[assignment]
+    search_epochs: int = param(40, ge=0)
+    search_max_size: int = param(3, ge=1)
+    eval_batch_size: int = param(64, ge=1)
 
 
 @METHODS.register("atprompt", "ATPrompt: CoOp/CoCoOp prompts anchored on attribute words (needs the backbone)")
 class ATPrompt(PromptMethod):
     name = "atprompt"
     config_cls = ATPromptConfig
+    #: `kshot.methods.prompting.presets` schedules apply to this method.
+    follows_prompt_presets = True
 
     def is_conditional(self) -> bool:
         if self.config.base not in ("coop", "cocoop"):

@@ -12,11 +12,13 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from kshot.config import replace as config_replace
 from kshot.errors import CheckpointError, ConfigError, ExportError
 from kshot.features.featureset import FeatureSet
 from kshot.registry import Registry
@@ -72,13 +74,18 @@ class Method(ABC):
     needs_text: ClassVar[bool] = True
     #: True when `fit` uses `task.unlabeled` (transductive).
     transductive: ClassVar[bool] = False
+    #: True when classes without shots get a (text-only) logit instead of an error.
+    supports_empty_classes: ClassVar[bool] = False
+    #: Cross-validated refits (`refit_overrides`): None = no rule (documented defaults are used), False = the
+    #: method tunes nothing on validation data, True = `refit_overrides` turns the folds' choices into a config.
+    cv_tunes: ClassVar[bool | None] = None
+    #: The formula of the method's Jittor head (`kshot.jittor_backend.heads`), or None when it has none.
+    jittor_head: ClassVar[str | None] = None
 
     def __init__(self, config: Any | None = None, **overrides: Any):
         if config is None:
             config = self.config_cls()
-        if overrides:
-            config = replace_config(config, overrides)
-        self.config = config
+        self.config = replace_config(config, overrides)
         self.fitted_ = False
 
     @abstractmethod
@@ -88,6 +95,21 @@ class Method(ABC):
     @abstractmethod
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """features [N, D] (L2-normalised) -> logits [N, C] on the features' device."""
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Config overrides of a refit on all shots from the `fitted_meta()` of the fold fits (`cv_tunes`)."""
+        return {}
+
+    def for_classes(self, classnames: list[str], text_weights: torch.Tensor | None) -> "Method | None":
+        """This fitted method moved to other class names (base-to-new), or None when it cannot classify classes
+        it was not fitted on.
+
+        Args:
+            classnames: the new class names.
+            text_weights: [C', D] their zero-shot classifier (None for image-only backbones).
+        """
+        return None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Fitted tensors (saved with safetensors)."""
@@ -161,24 +183,19 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def replace_config(config: Any, overrides: dict[str, Any]) -> Any:
-    """Return a copy of a config dataclass with `overrides`; unknown keys are a ConfigError naming the field."""
-    fields = {f.name: f for f in dataclasses.fields(config)}
-    for key in overrides:
-        if key not in fields:
-            raise ConfigError(f"{type(config).__name__} has no field {key!r}; fields: {', '.join(fields)}")
-    cleaned = {}
-    for key, value in overrides.items():
-        if isinstance(value, list) and isinstance(getattr(config, key), tuple):
-            value = tuple(value)
-        cleaned[key] = value
-    return dataclasses.replace(config, **cleaned)
+    """A validated copy of a config dataclass with `overrides` (`kshot.config.replace`): unknown keys, wrong
+    types, non-finite floats and values outside a field's declared range are ConfigErrors naming the field."""
+    if not dataclasses.is_dataclass(config):
+        if overrides:
+            raise ConfigError(f"{type(config).__name__} takes no settings, got {', '.join(overrides)}")
+        return config
+    return config_replace(config, overrides)
 
 
 def create(name: str, **overrides: Any) -> Method:
-    """Instantiate a registered method with its default config updated by `overrides`."""
-    _ensure_registered()
-    cls = METHODS.get(name)
-    return cls(**overrides)
+    """Instantiate a registered method with its default config updated by `overrides` (import `kshot.methods`,
+    which registers every method, rather than this module)."""
+    return METHODS.get(name)(**overrides)
 
 
 def load(path: str | Path) -> Method:
@@ -186,7 +203,6 @@ def load(path: str | Path) -> Method:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    _ensure_registered()
     path = Path(path)
     doc_path = path / "method.json"
     if not doc_path.is_file():
@@ -206,7 +222,3 @@ def load(path: str | Path) -> Method:
     method.load_state_dict(state, doc.get("meta", {}))
     method.fitted_ = True
     return method
-
-
-def _ensure_registered() -> None:
-    import kshot.methods  # noqa: F401  (imports every method module explicitly)

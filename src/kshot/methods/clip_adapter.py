@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from kshot.config import param
 from kshot.errors import ConfigError
 from kshot.methods._lp_common import cpu_generator
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
 
@@ -55,15 +58,15 @@ class ClipAdapterConfig:
         use_aug_views: sample each row's view among the clean feature and `aug_features` when present.
     """
 
-    rho: float = 0.2
-    rho_grid: tuple[float, ...] = (0.1, 0.2, 0.4, 0.6, 0.8)
-    reduction: int = 4
-    steps: int = 300
-    batch_size: int = 32
+    rho: float = param(0.2, ge=0, le=1)
+    rho_grid: tuple[float, ...] = param((0.1, 0.2, 0.4, 0.6, 0.8), ge=0, le=1)
+    reduction: int = param(4, ge=1)
+    steps: int = param(300, ge=0)
+    batch_size: int = param(32, ge=0)
     optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    eval_every: int = 10
+    lr: float = param(1e-3, gt=0)
+    weight_decay: float = param(1e-2, ge=0)
+    eval_every: int = param(10, ge=1)
     use_aug_views: bool = True
 
 
@@ -99,6 +102,12 @@ class ClipAdapter(Method):
 
     name = "clip_adapter"
     config_cls = ClipAdapterConfig
+    cv_tunes: ClassVar[bool | None] = True
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return {"rho": refit.median(metas, "rho"), "steps": refit.count(metas, "best_step"), "rho_grid": ()}
     supports_empty_classes: ClassVar[bool] = True
 
     def fit(self, task: Task) -> "ClipAdapter":

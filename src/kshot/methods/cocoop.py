@@ -8,16 +8,17 @@ output is added to every context token, so each image gets its own prompts: v_m(
 
 Cost: text features are re-encoded per image (C prompts per image), so training and `logits()` run the text tower
 B·C times per batch; `eval_batch_size` bounds the memory of `logits()`. `logits()` always needs the backbone
-(attach it after `kshot.methods.load`, see `kshot.prompts.method`). Image features come from the cache instead of
-the official per-step image encoding.
+(attach it after `kshot.methods.load`, see `kshot.methods.prompting.method`). Image features come from the cache
+instead of the official per-step image encoding.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kshot.config import param
 from kshot.methods.base import METHODS
-from kshot.prompts.method import Design, PromptConfig, PromptMethod, context_block
+from kshot.methods.prompting.method import Design, PromptConfig, PromptMethod, context_block
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,11 @@ class CoCoOpConfig(PromptConfig):
         eval_batch_size: images whose prompts are encoded together in `logits()` (memory ~ B·C prompts).
     """
 
-    n_ctx: int = 4
+    n_ctx: int = param(4, ge=1)
     ctx_init: str = "a photo of a"
-    epochs: int | None = 10
-    batch_size: int = 1
-    eval_batch_size: int = 64
+    epochs: int | None = param(10, ge=0)
+    batch_size: int = param(1, ge=1)
+    eval_batch_size: int = param(64, ge=1)
 
 
 @METHODS.register("cocoop", "CoCoOp: CoOp + image-conditioned context via a meta-net (needs the backbone)")

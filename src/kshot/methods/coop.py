@@ -8,7 +8,7 @@ N(0, 0.02²) vectors, class at the end, SGD lr 0.002 + 1 warm-up epoch + cosine,
 
 Differences from the official trainer: image features come from the cache (augmented views drawn per epoch when
 cached, instead of re-cropping every step), fp32 on CPU / bf16 autocast on CUDA instead of fp16, and batches come from
-an explicit seeded generator. Needs `Task.backbone`; see `kshot.prompts.method` for loading with a backbone.
+an explicit seeded generator. Needs `Task.backbone`; see `kshot.methods.prompting.method` for loading with a backbone.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kshot.methods.base import METHODS
-from kshot.prompts.method import Design, PromptConfig, PromptMethod, context_block
+from kshot.methods.prompting.method import Design, PromptConfig, PromptMethod, context_block
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class CoOpConfig(PromptConfig):
 class CoOp(PromptMethod):
     name = "coop"
     config_cls = CoOpConfig
+    #: `kshot.methods.prompting.presets` schedules apply to this method.
+    follows_prompt_presets = True
 
     def _design(self) -> Design:
         pieces, group, init = context_block(self.config, self.backbone_.tokenizer)

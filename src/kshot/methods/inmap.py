@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from kshot.config import param
 from kshot.errors import ConfigError, DataError
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task
@@ -55,13 +56,13 @@ class InMaPConfig:
         use_shots: add labelled shots to X with their one-hot labels fixed in P.
     """
 
-    tau_t: float = 0.01
-    tau_i: float = 0.04
-    alpha: float = 0.6
-    gamma: float = 0.0
-    lr: float = 10.0
-    iters: int = 2000
-    sinkhorn_iters: int = 20
+    tau_t: float = param(0.01, gt=0)
+    tau_i: float = param(0.04, gt=0)
+    alpha: float = param(0.6, ge=0, le=1)
+    gamma: float = param(0.0, ge=0)
+    lr: float = param(10.0, gt=0)
+    iters: int = param(2000, ge=0)
+    sinkhorn_iters: int = param(20, ge=0)
     label_source: str = "text"
     use_shots: bool = True
 
@@ -125,6 +126,7 @@ class InMaP(Method):
 
     name = "inmap"
     config_cls = InMaPConfig
+    cv_tunes: ClassVar[bool | None] = False
     transductive: ClassVar[bool] = True
     supports_empty_classes: ClassVar[bool] = True
 

@@ -1,9 +1,11 @@
 """Linear probe: multinomial L2-regularised logistic regression on image features (Radford et al., 2021, App. A.3).
 
-Protocol of CoOp's `lpclip` (KaiyangZhou/CoOp: lpclip/linear_probe.py): fit scikit-learn
-`LogisticRegression(lbfgs, l2, max_iter=1000)` for C in {1e6, 1e4, 1e2, 1, 1e-2, 1e-4, 1e-6}, keep the best C on the
-few-shot validation split, then 8 rounds of bisection in log10 C between C/10 and 10·C; the model of the last round
-is kept.
+Protocol of CoOp's `lpclip` (KaiyangZhou/CoOp @ ff61507c : lpclip/linear_probe.py), followed exactly by default:
+validate on a per-class subsample of the validation split of `val_shot_list = {1: 1, 2: 2, 4: 4, 8: 4, 16: 4}`
+images for K shots (`val_per_class="lpclip"`; other K: min(K, 4); drawn with a generator seeded by `task.seed`),
+fit scikit-learn `LogisticRegression(lbfgs, l2, max_iter=1000)` for C in {1e6, 1e4, 1e2, 1, 1e-2, 1e-4, 1e-6},
+keep the best C on that subsample, then 8 rounds of bisection in log10 C between C/10 and 10·C; the model of the
+last round is kept.
 
 Objective (scikit-learn `_logistic.py`, checked in 1.9: `l2_reg_strength = 1 / (C · N)` on the mean loss; older
 versions minimise C·N times it, same minimiser)::
@@ -11,9 +13,17 @@ versions minimise C·N times it, same minimiser)::
     mean_i CE(W f_i + b, y_i) + 1 / (2 · C · N) · ||W||²        (bias not penalised)
 
 Two solvers minimise it: `sklearn` (L-BFGS-B, float64, CPU) and `torch` (torch.optim.LBFGS with strong-Wolfe line
-search, full batch, same stopping rule max|grad| <= tol, on the features' device). With two classes scikit-learn fits
-a single binary weight vector; the torch path then doubles the penalty of its symmetric two-row parameterisation,
-which has the same optimum (w = w₁ − w₂), so both paths agree there too.
+search, full batch, on the features' device). With two classes scikit-learn fits a single binary weight vector; the
+torch path then doubles the penalty of its symmetric two-row parameterisation, which has the same optimum
+(w = w₁ − w₂), so both paths agree there too.
+
+**Convergence at any size.** The torch solver stops when max|∇| <= tol on the *summed* objective
+Σ_i CE + ||W||²/(2C), i.e. max|∇ of the mean objective| <= tol / N. That is the rule of the scikit-learn versions
+lpclip was run with (their lbfgs objective was the sum). scikit-learn ≥ 1.2's mean objective with the same `tol`
+is N times looser: at 1000 classes × 16 shots its gradient at W = 0 is already below 1e-4, so it (and kshot's torch
+solver before this rule) stopped after 0–3 iterations at chance accuracy. Along the C search the fits run in
+increasing C, each warm-started from the solution of the nearest C already fitted (the problem is strictly convex,
+so a warm start changes the path, not the optimum), which makes the large, slow-to-converge C values cheap.
 
 Differences from lpclip: features are kshot's L2-normalised ones (lpclip used raw RN50 features), so the best C
 differs from lpclip's. Without `task.val` no search is possible and `default_C` (1.0, scikit-learn's default) is
@@ -26,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -33,8 +44,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kshot.config import param
 from kshot.errors import ConfigError
-from kshot.methods._lp_common import accuracy, training_rows
+from kshot.features.featureset import FeatureSet
+from kshot.methods import refit
+from kshot.methods._lp_common import accuracy, cpu_generator, training_rows
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
 
@@ -59,17 +73,36 @@ class LinearProbeConfig:
         dtype: torch solver precision: "float64", "float32", or "auto" (float64 on CPU, float32 on GPUs, where
             float64 is slow on consumer cards).
         use_aug_views: also train on the augmented views of the shots (lpclip: no, test transform only).
+        val_per_class: "lpclip" (validate on lpclip's per-class subsample of `task.val`, see the module docstring)
+            or "all" (the whole validation split).
     """
 
     solver: str = "torch"
-    C: float | None = None
-    c_grid: tuple[float, ...] = LPCLIP_C_GRID
-    search_steps: int = 8
-    default_C: float = 1.0
-    max_iter: int = 1000
-    tol: float = 1e-4
+    C: float | None = param(None, gt=0)
+    c_grid: tuple[float, ...] = param(LPCLIP_C_GRID, gt=0)
+    search_steps: int = param(8, ge=1)
+    default_C: float = param(1.0, gt=0)
+    max_iter: int = param(1000, ge=1)
+    tol: float = param(1e-4, gt=0)
     dtype: str = "auto"
     use_aug_views: bool = False
+    val_per_class: str = param("lpclip", choices=("lpclip", "all"))
+
+
+#: lpclip's `val_shot_list`: validation images per class for K training shots (other K: min(K, 4)).
+LPCLIP_VAL_SHOTS: dict[int, int] = {1: 1, 2: 2, 4: 4, 8: 4, 16: 4}
+
+
+def lpclip_val_subset(val: FeatureSet, shots: int, seed: int) -> FeatureSet:
+    """lpclip's validation subsample: `LPCLIP_VAL_SHOTS[shots]` random images of every class (all if fewer)."""
+    per_class = LPCLIP_VAL_SHOTS.get(shots, min(shots, 4))
+    gen = cpu_generator(seed)
+    labels = val.labels.cpu()
+    picked = []
+    for c in labels.unique().tolist():
+        members = (labels == c).nonzero().flatten()
+        picked.append(members[torch.randperm(len(members), generator=gen)[:per_class]])
+    return val.subset(torch.cat(picked).sort().values)
 
 
 def fit_logistic(
@@ -82,12 +115,14 @@ def fit_logistic(
     max_iter: int = 1000,
     tol: float = 1e-4,
     dtype: str = "auto",
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit multinomial logistic regression (objective in the module docstring).
+    """Fit multinomial logistic regression (objective and stopping rule in the module docstring).
 
     Args:
         x: features [N, D]; y: labels [N] in [0, num_classes), every class present.
         C: inverse regularisation strength (> 0).
+        init: optional warm start (W [num_classes, D], b [num_classes]) for the torch solver (sklearn ignores it).
 
     Returns:
         W float32 [num_classes, D] and b float32 [num_classes] on x's device; logits = x Wᵀ + b.
@@ -97,7 +132,8 @@ def fit_logistic(
     if solver == "sklearn":
         w, b = _fit_sklearn(x, y, num_classes, C, max_iter=max_iter, tol=tol)
     elif solver == "torch":
-        w, b = _fit_torch(x, y, num_classes, C, max_iter=max_iter, tol=tol, dtype=_resolve_dtype(dtype, x.device))
+        w, b = _fit_torch(x, y, num_classes, C, max_iter=max_iter, tol=tol, dtype=_resolve_dtype(dtype, x.device),
+                          init=init)
     else:
         raise ConfigError(f"linear_probe: solver must be 'torch' or 'sklearn', got {solver!r}")
     return w.float().to(x.device), b.float().to(x.device)
@@ -112,16 +148,21 @@ def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def _fit_torch(x: torch.Tensor, y: torch.Tensor, num_classes: int, C: float, *, max_iter: int, tol: float,
-               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+               dtype: torch.dtype, init: tuple[torch.Tensor, torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.to(dtype)
     n, d = x.shape
-    w = torch.zeros(num_classes, d, dtype=dtype, device=x.device, requires_grad=True)
-    b = torch.zeros(num_classes, dtype=dtype, device=x.device, requires_grad=True)
+    if init is None:
+        w = torch.zeros(num_classes, d, dtype=dtype, device=x.device, requires_grad=True)
+        b = torch.zeros(num_classes, dtype=dtype, device=x.device, requires_grad=True)
+    else:
+        w = init[0].to(x.device, dtype).clone().requires_grad_(True)
+        b = init[1].to(x.device, dtype).clone().requires_grad_(True)
     # Two classes: scikit-learn's binary model penalises ||w₁ − w₂||²; the symmetric optimum has w₂ = −w₁, so the
     # same solution needs twice the penalty on the two rows.
     reg = (2.0 if num_classes == 2 else 1.0) / (C * n)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, max_eval=max(15000, 2 * max_iter),
-                            tolerance_grad=tol, tolerance_change=64 * torch.finfo(dtype).eps, history_size=10,
+                            tolerance_grad=tol / n, tolerance_change=64 * torch.finfo(dtype).eps, history_size=10,
                             line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -164,14 +205,19 @@ def _fit_sklearn(x: torch.Tensor, y: torch.Tensor, num_classes: int, C: float, *
     return coef, inter
 
 
-def search_c(fit: Callable[[float], tuple[torch.Tensor, torch.Tensor]],
+def search_c(fit: Callable[..., tuple[torch.Tensor, torch.Tensor]],
              score: Callable[[torch.Tensor, torch.Tensor], float], grid: tuple[float, ...],
-             steps: int) -> tuple[float, tuple[torch.Tensor, torch.Tensor], list[tuple[float, float]]]:
+             steps: int, warm_start: bool = False
+             ) -> tuple[float, tuple[torch.Tensor, torch.Tensor], list[tuple[float, float]]]:
     """lpclip's search: best C of `grid` by `score`, then `steps` bisection rounds in log10 C.
 
     Each round fits both ends of [c_left, c_right] (initially [C*/10, 10·C*]); the better end (ties go left, as in
     lpclip) becomes that round's model and the interval shrinks to its half in log10 space on that side. The last
-    round's model is returned, as lpclip reports it.
+    round's model is returned, as lpclip reports it. The first best grid value wins ties (lpclip's `np.argmax`).
+
+    Args:
+        fit: `fit(C)`, or with `warm_start` `fit(C, init)` where init is the (W, b) of the nearest C (in log10)
+            fitted so far, or None for the first fit; the grid is then fitted in increasing C.
 
     Returns:
         chosen C, its (W, b), and the (C, score) history of every distinct fit.
@@ -180,10 +226,16 @@ def search_c(fit: Callable[[float], tuple[torch.Tensor, torch.Tensor]],
 
     def evaluate(c: float) -> tuple[tuple[torch.Tensor, torch.Tensor], float]:
         if c not in cache:
-            params = fit(c)
+            if warm_start:
+                near = min(cache, key=lambda f: abs(math.log10(f) - math.log10(c)), default=None)
+                params = fit(c, None if near is None else cache[near][0])
+            else:
+                params = fit(c)
             cache[c] = (params, score(*params))
         return cache[c]
 
+    for c in (sorted(grid) if warm_start else grid):
+        evaluate(c)
     scores = [evaluate(c)[1] for c in grid]
     c_best = grid[int(np.argmax(scores))]
     chosen = c_best
@@ -205,6 +257,13 @@ class LinearProbe(Method):
 
     name = "linear_probe"
     config_cls = LinearProbeConfig
+    cv_tunes: ClassVar[bool | None] = True
+    jittor_head: ClassVar[str | None] = "linear"
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return {"C": refit.log_median(metas, "C")}
     needs_text: ClassVar[bool] = False
     supports_empty_classes: ClassVar[bool] = False
 
@@ -214,9 +273,10 @@ class LinearProbe(Method):
         x, y = training_rows(task.train, cfg.use_aug_views)
         num_classes = task.num_classes
 
-        def fit_c(c: float) -> tuple[torch.Tensor, torch.Tensor]:
+        def fit_c(c: float, init: tuple[torch.Tensor, torch.Tensor] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
             return fit_logistic(x, y, num_classes, c, solver=cfg.solver, max_iter=cfg.max_iter, tol=cfg.tol,
-                                dtype=cfg.dtype)
+                                dtype=cfg.dtype, init=init)
 
         self.search_history_: list[tuple[float, float]] = []
         if cfg.C is not None:
@@ -224,12 +284,16 @@ class LinearProbe(Method):
             w, b = fit_c(self.C_)
         elif task.val is not None and len(task.val) > 0:
             check_val_covers(task, self.name)
-            val_x = task.val.features.to(x.device).float()
+            val = task.val
+            if cfg.val_per_class == "lpclip":
+                val = lpclip_val_subset(val, int(torch.bincount(task.train.labels.cpu()).max()), task.seed)
+            val_x = val.features.to(x.device).float()
 
             def score(w: torch.Tensor, b: torch.Tensor) -> float:
-                return accuracy(torch.addmm(b, val_x, w.T), task.val.labels)
+                return accuracy(torch.addmm(b, val_x, w.T.to(val_x.dtype)), val.labels)
 
-            self.C_, (w, b), self.search_history_ = search_c(fit_c, score, tuple(cfg.c_grid), cfg.search_steps)
+            self.C_, (w, b), self.search_history_ = search_c(fit_c, score, tuple(cfg.c_grid), cfg.search_steps,
+                                                             warm_start=cfg.solver == "torch")
             log.info("linear_probe: C=%.4g chosen on val after %d fits", self.C_, len(self.search_history_))
         else:
             self.C_ = float(cfg.default_C)

@@ -29,14 +29,17 @@ shot-less classes a little and lowered it overall a little, so it is not the def
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from kshot.config import param
 from kshot.errors import ConfigError
 from kshot.methods._lp_common import accuracy, cpu_generator, seen_classes, training_rows
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
 from kshot.methods.checks import check_features, check_task, check_val_covers
 
@@ -62,15 +65,15 @@ class LPPConfig:
         empty_class_visual: prototype and bias of classes without shots: "zero" or "mean" (of the trained classes).
     """
 
-    iters: int = 300
-    lr_factor: float = 4.0
-    momentum: float = 0.9
-    alpha_init_scale: float = 250.0
-    alpha_every: int = 10
-    alpha_lr_factor: float = 0.25
+    iters: int = param(300, ge=1)
+    lr_factor: float = param(4.0, gt=0)
+    momentum: float = param(0.9, ge=0, lt=1)
+    alpha_init_scale: float = param(250.0, gt=0)
+    alpha_every: int = param(10, ge=0)
+    alpha_lr_factor: float = param(0.25, ge=0)
     accumulate_alpha_grad: bool = True
     lr_schedule: str = "constant"
-    batch_size: int = 0
+    batch_size: int = param(0, ge=0)
     use_aug_views: bool = False
     select_on_val: bool = True
     empty_class_visual: str = "zero"
@@ -109,6 +112,13 @@ class LPP(Method):
 
     name = "lpp"
     config_cls = LPPConfig
+    cv_tunes: ClassVar[bool | None] = True
+    jittor_head: ClassVar[str | None] = "lpp"
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return {"iters": refit.count(metas, "best_iter"), "select_on_val": False}
     supports_empty_classes: ClassVar[bool] = True
 
     def fit(self, task: Task) -> "LPP":

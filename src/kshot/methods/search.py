@@ -17,7 +17,11 @@ O(N·C), and counts the α values inside them in O(N·A), instead of an arg-max 
 `strategy="argmax"` does the literal arg-max (same counts up to floating-point ties at an interval end).
 When every cache row has a single non-zero value (one-hot labels, possibly re-weighted: all kshot cache methods),
 the cache logits are contracted per class block ([N, C, k] against [C, k]) instead of against the dense [M, C]
-values, C times fewer operations (`class_blocks`).
+values, C times fewer operations (`class_blocks`). That path runs in blocks of validation rows sized to the CPU
+cache (`CACHE_ROWS_ELEMENTS`): per row block the affinity is gathered into class blocks once, and every β of the
+grid reuses it (the kernel is rebuilt in place, bit-identical to `cache_kernel`), so memory stays O(rows·M) for any
+grid and validation size. Chosen cells and counts are those of the dense path (the tests compare both with the
+literal loop).
 """
 
 from __future__ import annotations
@@ -111,36 +115,17 @@ def grid_search(clip_logits: torch.Tensor, affinity: torch.Tensor, values: torch
     if blocks is not None:  # one non-zero per cache row: contract per class block instead of against dense values
         index, weight = blocks  # [C, k] entry ids (M = padding), [M] value of each entry
         block_w = torch.nn.functional.pad(entry_w * weight[None], (0, 1))[:, index]  # [G, C, k]
-        per_key = n * index.numel()
     else:
         weighted = values[None] * entry_w[:, :, None]  # [G, M, C]
-        per_key = n * affinity.shape[1]
 
-    per_beta = ng * n * c  # elements of one β's cache logits
-    a_chunk = na if strategy == "interval" else max(1, min(na, max_elements // max(1, per_beta)))
-    b_chunk = max(1, max_elements // max(1, 6 * per_beta, per_beta * a_chunk if strategy == "argmax" else 0,
-                                         per_key, ng * n * na))
-    correct = torch.empty(len(betas), na, ng, dtype=torch.int64, device=dev)
     parts = _interval_parts(clip_logits, labels)
     with torch.no_grad():
-        for b0 in range(0, len(betas), b_chunk):
-            bs = betas[b0:b0 + b_chunk]
-            kern = cache_kernel(affinity[None], bs[:, None, None])  # [b, N, M]
-            if blocks is not None:
-                kern = torch.nn.functional.pad(kern, (0, 1))[:, :, index]  # [b, N, C, k]
-                cache = torch.einsum("bnck,gck->bgnc", kern, block_w)  # [b, G, N, C]
-            else:
-                cache = torch.einsum("bnm,gmc->bgnc", kern, weighted)
-            if strategy == "interval":
-                lower, upper = _interval_bounds(parts, cache)  # [b, G, N]
-                inside = (lower[:, :, None] < alphas[:, None]) & (alphas[:, None] < upper[:, :, None])  # [b,G,A,N]
-                correct[b0:b0 + len(bs)] = inside.sum(dim=-1).transpose(1, 2)
-                continue
-            for a0 in range(0, na, a_chunk):
-                al = alphas[a0:a0 + a_chunk]
-                total = clip_logits + al[None, :, None, None, None] * cache[:, None]  # [b, a, G, N, C]
-                hit = total.argmax(dim=-1).eq(labels)  # [b, a, G, N]
-                correct[b0:b0 + len(bs), a0:a0 + len(al)] = hit.sum(dim=-1)
+        if blocks is not None and strategy == "interval":
+            correct = _blocked_interval_counts(parts, affinity, index, block_w, betas, alphas, max_elements)
+        else:
+            correct = _dense_counts(parts, clip_logits, labels, affinity, betas, alphas, ng, strategy, max_elements,
+                                    (index, block_w) if blocks is not None else None,
+                                    None if blocks is not None else weighted)
     best = int(torch.argmax(correct.flatten()))  # first maximum = official strict-> loop order
     ib, rest = divmod(best, na * ng)
     ia, ig = divmod(rest, ng)
@@ -150,6 +135,79 @@ def grid_search(clip_logits: torch.Tensor, affinity: torch.Tensor, values: torch
     log.info("grid search: beta=%.3f alpha=%.3f gamma=%.3f val acc=%.4f over %d cells", result.beta, result.alpha,
              result.gamma, result.accuracy, correct.numel())
     return result
+
+
+CACHE_ROWS_ELEMENTS = 1 << 21  # ≈ 8 MB of float32 per row block: the per-β passes stay in the CPU cache
+
+
+def _blocked_interval_counts(parts: tuple[torch.Tensor, ...], affinity: torch.Tensor, index: torch.Tensor,
+                             block_w: torch.Tensor, betas: torch.Tensor, alphas: torch.Tensor,
+                             max_elements: int) -> torch.Tensor:
+    """Correct counts [B, A, G] for one-hot values: row blocks × every β, segment sums, α by intervals.
+
+    The affinity is gathered once per row block into class blocks [R, C, k]; for every β the kernel
+    exp(−β (1 − A)) is formed in place and contracted per class with the [G, C, k] entry weights, so memory is
+    O(R·C·k) whatever N and the grid size, and each β costs O(R·C·k·G) plus the O(R·C·G) interval bounds.
+    """
+    n = affinity.shape[0]
+    c, k = index.shape
+    ng, na = block_w.shape[0], len(alphas)
+    rows = max(1, min(n, min(CACHE_ROWS_ELEMENTS, max_elements) // max(1, c * k, ng * c)))
+    w_ck = block_w[0] if ng == 1 else block_w.permute(1, 0, 2).contiguous()  # [C, k] or [C, G, k]
+    unit = ng == 1 and bool((w_ck == 1).all())  # plain Tip-Adapter cache: a sum, no weights
+    correct = torch.zeros(len(betas), na, ng, dtype=torch.int64, device=affinity.device)
+    idx, neg_dz, flat_bad = parts
+    for r0 in range(0, n, rows):
+        one_minus = 1.0 - torch.nn.functional.pad(affinity[r0:r0 + rows], (0, 1))[:, index]  # [R, C, k]
+        part = (idx[r0:r0 + rows], neg_dz[r0:r0 + rows], flat_bad[r0:r0 + rows])
+        kern = torch.empty_like(one_minus)
+        for ib, beta in enumerate(betas.tolist()):
+            torch.mul(one_minus, -beta, out=kern).exp_()  # = cache_kernel(affinity, beta), bit for bit
+            if unit:
+                cache = kern.sum(-1)[None]  # [1, R, C]
+            elif ng == 1:
+                cache = (kern * w_ck).sum(-1)[None]
+            else:
+                cache = torch.einsum("rck,cgk->grc", kern, w_ck)  # [G, R, C]
+            lower, upper = _interval_bounds(part, cache)  # [G, R]
+            inside = (lower[:, None] < alphas[:, None]) & (alphas[:, None] < upper[:, None])  # [G, A, R]
+            correct[ib] += inside.sum(dim=-1).T
+    return correct
+
+
+def _dense_counts(parts: tuple[torch.Tensor, ...], clip_logits: torch.Tensor, labels: torch.Tensor,
+                  affinity: torch.Tensor, betas: torch.Tensor, alphas: torch.Tensor, ng: int, strategy: str,
+                  max_elements: int, blocks: tuple[torch.Tensor, torch.Tensor] | None,
+                  weighted: torch.Tensor | None) -> torch.Tensor:
+    """Correct counts [B, A, G] with β chunks over the whole [N, M] affinity (dense values, or the literal arg-max)."""
+    n, c = clip_logits.shape
+    na = len(alphas)
+    per_key = n * (blocks[0].numel() if blocks is not None else affinity.shape[1])
+    per_beta = ng * n * c  # elements of one β's cache logits
+    a_chunk = na if strategy == "interval" else max(1, min(na, max_elements // max(1, per_beta)))
+    b_chunk = max(1, max_elements // max(1, 6 * per_beta, per_beta * a_chunk if strategy == "argmax" else 0,
+                                         per_key, ng * n * na))
+    correct = torch.empty(len(betas), na, ng, dtype=torch.int64, device=affinity.device)
+    for b0 in range(0, len(betas), b_chunk):
+        bs = betas[b0:b0 + b_chunk]
+        kern = cache_kernel(affinity[None], bs[:, None, None])  # [b, N, M]
+        if blocks is not None:
+            index, block_w = blocks
+            kern = torch.nn.functional.pad(kern, (0, 1))[:, :, index]  # [b, N, C, k]
+            cache = torch.einsum("bnck,gck->bgnc", kern, block_w)  # [b, G, N, C]
+        else:
+            cache = torch.einsum("bnm,gmc->bgnc", kern, weighted)
+        if strategy == "interval":
+            lower, upper = _interval_bounds(parts, cache)  # [b, G, N]
+            inside = (lower[:, :, None] < alphas[:, None]) & (alphas[:, None] < upper[:, :, None])  # [b,G,A,N]
+            correct[b0:b0 + len(bs)] = inside.sum(dim=-1).transpose(1, 2)
+            continue
+        for a0 in range(0, na, a_chunk):
+            al = alphas[a0:a0 + a_chunk]
+            total = clip_logits + al[None, :, None, None, None] * cache[:, None]  # [b, a, G, N, C]
+            hit = total.argmax(dim=-1).eq(labels)  # [b, a, G, N]
+            correct[b0:b0 + len(bs), a0:a0 + len(al)] = hit.sum(dim=-1)
+    return correct
 
 
 def class_blocks(values: torch.Tensor, max_padding: float = 2.0) -> tuple[torch.Tensor, torch.Tensor] | None:

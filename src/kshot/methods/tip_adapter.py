@@ -24,16 +24,19 @@ Classes without shots simply have no cache entry: their logit is the zero-shot o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from kshot.config import param
 from kshot.errors import CheckpointError, ConfigError
 from kshot.features.featureset import FeatureSet
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
+from kshot.methods.cache_ops import ClassBlocks, kernel_sum
 from kshot.methods.checks import check_features, check_task, check_val_covers
 from kshot.methods.search import SearchResult, cache_kernel, grid_search, linear_grid
 
@@ -56,11 +59,11 @@ class TipAdapterConfig:
             and views as separate cache entries).
     """
 
-    init_beta: float = 1.0
-    init_alpha: float = 1.17
+    init_beta: float = param(1.0, ge=0)
+    init_alpha: float = param(1.17, ge=0)
     search: bool = True
-    search_scale: tuple[float, float] = (7.0, 3.0)
-    search_steps: tuple[int, int] = (200, 20)
+    search_scale: tuple[float, float] = param((7.0, 3.0), gt=0)
+    search_steps: tuple[int, int] = param((200, 20), ge=1)
     cache_policy: str = "mean"
 
     def __post_init__(self) -> None:
@@ -115,7 +118,7 @@ def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(labels.long(), num_classes).float()
 
 
-LOGIT_ROWS = 8192  # images per chunk in `logits`: bounds the [rows, M] affinity matrix
+LOGIT_ROWS = 2048  # images per chunk in `logits`: bounds the [rows, M] affinity matrix (128 MB at M = 16k)
 
 
 def in_row_chunks(fn: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor,
@@ -130,6 +133,13 @@ def tip_logits(features: torch.Tensor, text_weights: torch.Tensor, keys: torch.T
                alpha: float, beta: float, scale: float) -> torch.Tensor:
     """s · f Wᵀ + α · exp(−β(1 − f Kᵀ)) · V for features [N, D], W [C, D], K [M, D], V [M, C] -> [N, C]."""
     return scale * features @ text_weights.T + alpha * cache_kernel(features @ keys.T, beta) @ values
+
+
+def tip_block_logits(features: torch.Tensor, text_weights: torch.Tensor, keys: torch.Tensor, blocks: ClassBlocks,
+                     alpha: float, beta: float, scale: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """`tip_logits` with one-hot values given by `blocks` (entry weights `weight` [M] or 1): a segment sum, O(N·M)."""
+    return torch.addmm(kernel_sum(features @ keys.T, beta, blocks, weight), features, text_weights.T,
+                       beta=alpha, alpha=scale)
 
 
 def search_tip(cfg: TipAdapterConfig, task: Task, text_weights: torch.Tensor, affinity_fn: Any,
@@ -151,6 +161,13 @@ def search_tip(cfg: TipAdapterConfig, task: Task, text_weights: torch.Tensor, af
 class TipAdapter(Method):
     name = "tip_adapter"
     config_cls = TipAdapterConfig
+    cv_tunes: ClassVar[bool | None] = True
+    jittor_head: ClassVar[str | None] = "tip"
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return refit.cache_values(metas)
     supports_empty_classes: ClassVar[bool] = True
 
     def fit(self, task: Task) -> "TipAdapter":
@@ -171,9 +188,9 @@ class TipAdapter(Method):
         check_features(features, self.keys_.shape[1])
         dev = features.device
         keys = self.keys_.to(dev)
-        values = one_hot(self.key_labels_.to(dev), self.num_classes_)
+        blocks = ClassBlocks.of(self.key_labels_.to(dev), self.num_classes_)
         text = self.text_weights_.to(dev)
-        return in_row_chunks(lambda f: tip_logits(f, text, keys, values, self.alpha_, self.beta_, self.scale_),
+        return in_row_chunks(lambda f: tip_block_logits(f, text, keys, blocks, self.alpha_, self.beta_, self.scale_),
                              features.float())
 
     def state_dict(self) -> dict[str, torch.Tensor]:

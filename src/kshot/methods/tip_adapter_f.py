@@ -20,18 +20,22 @@ Track1).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from kshot.config import param
 from kshot.errors import ConfigError
 from kshot.features.featureset import FeatureSet
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Task
 from kshot.methods.search import accuracy
-from kshot.methods.tip_adapter import TipAdapter, TipAdapterConfig, cache_inputs, one_hot, search_tip, tip_logits
+from kshot.methods.cache_ops import ClassBlocks
+from kshot.methods.tip_adapter import (TipAdapter, TipAdapterConfig, cache_inputs, in_row_chunks, one_hot,
+                                       search_tip, tip_block_logits)
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +147,11 @@ class TipAdapterFConfig(TipAdapterConfig):
         weight_decay: AdamW weight decay; official leaves PyTorch's default 0.01.
     """
 
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-3
-    eps: float = 1e-4
-    weight_decay: float = 0.01
+    epochs: int = param(20, ge=0)
+    batch_size: int = param(256, ge=1)
+    lr: float = param(1e-3, gt=0)
+    eps: float = param(1e-4, gt=0)
+    weight_decay: float = param(0.01, ge=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -159,17 +163,26 @@ class TipAdapterFConfig(TipAdapterConfig):
 class TipAdapterF(TipAdapter):
     name = "tip_adapter_f"
     config_cls = TipAdapterFConfig
+    cv_tunes: ClassVar[bool | None] = True
+    jittor_head: ClassVar[str | None] = "tip"
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return {**refit.cache_values(metas), "epochs": refit.count(metas, "best_epoch")}
     supports_empty_classes: ClassVar[bool] = True
 
     def fit(self, task: Task) -> "TipAdapterF":
         cfg = self.config
         dev, text, keys, key_labels = cache_inputs(task, cfg.cache_policy, self.name)
         values = one_hot(key_labels, task.num_classes)
+        blocks = ClassBlocks.of(key_labels, task.num_classes)
         weight = torch.nn.Parameter(keys.clone())
         scale = float(task.logit_scale)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            return tip_logits(x, text, weight, values, cfg.init_alpha, cfg.init_beta, scale)
+            return in_row_chunks(lambda f: tip_block_logits(f, text, weight, blocks, cfg.init_alpha, cfg.init_beta,
+                                                            scale), x)
 
         trained = train_epochs([weight], forward, task.train, task.val, TrainSchedule.of(cfg), task.seed)
         self.text_weights_, self.keys_, self.key_labels_ = text, weight.detach().clone(), key_labels.to(dev)

@@ -49,18 +49,21 @@ residual row (text term only) (`supports_empty_classes`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
+from kshot.config import param
 from kshot.errors import CheckpointError, ConfigError
 from kshot.methods.ape import (between_class_variance, cross_class_product_sum, kl_confidence, project,
                                resolve_num_channels, search_ape, select_channels)
 from kshot.methods.ape_t import pad_residual
+from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
+from kshot.methods.cache_ops import ClassBlocks, kernel_sum
 from kshot.methods.checks import check_features
-from kshot.methods.search import cache_kernel
 from kshot.methods.tip_adapter import cache_inputs, in_row_chunks, one_hot, validate_cache_policy
 from kshot.methods.tip_adapter_f import TrainSchedule, train_epochs
 
@@ -106,13 +109,16 @@ def track1_criterion(text_weights: torch.Tensor, keys: torch.Tensor, key_labels:
 
 
 def track1_logits(features: torch.Tensor, text_weights: torch.Tensor, keys_sel: torch.Tensor,
-                  key_labels: torch.Tensor, channels: torch.Tensor, residual: torch.Tensor, values: torch.Tensor,
-                  alpha: float, beta: float, scale: float) -> torch.Tensor:
-    """s·f(W + Pad(R))ᵀ + α·exp(−β(1 − f'(F' + R[y])ᵀ))·values -> [N, C]; values [M, C] already KL-weighted."""
+                  key_labels: torch.Tensor, channels: torch.Tensor, residual: torch.Tensor, blocks: ClassBlocks,
+                  key_weights: torch.Tensor, alpha: float, beta: float, scale: float) -> torch.Tensor:
+    """s·f(W + Pad(R))ᵀ + α·exp(−β(1 − f'(F' + R[y])ᵀ))·V -> [N, C].
+
+    V = one-hot(key_labels) ⊙ key_weights [M] (the KL weights), applied as a per-class segment sum by `blocks`.
+    """
     new_text = text_weights + pad_residual(residual, channels, text_weights.shape[1])
     new_keys = keys_sel + residual[key_labels]
-    return scale * features @ new_text.T + alpha * cache_kernel(project(features, channels) @ new_keys.T,
-                                                                beta) @ values
+    cache = kernel_sum(project(features, channels) @ new_keys.T, beta, blocks, key_weights)
+    return torch.addmm(cache, features, new_text.T, beta=alpha, alpha=scale)
 
 
 @dataclass(frozen=True)
@@ -132,23 +138,23 @@ class Track1Config:
         epochs: 30. batch_size: 256. lr: 1e-4. eps: 1e-3 (AdamW). weight_decay: 0.1 (the seed's APE-T port).
     """
 
-    lam: float = 0.3
-    channels: float = 700.0
-    reference_dim: int = 1024
-    text_share: float = 0.5
+    lam: float = param(0.3, ge=0, le=1)
+    channels: float = param(700.0, gt=0)
+    reference_dim: int = param(1024, ge=1)
+    text_share: float = param(0.5, ge=0, le=1)
     variance: str = "text_between_class"
-    init_beta: float = 1.0
-    init_alpha: float = 0.8
-    init_gamma: float = 0.1
+    init_beta: float = param(1.0, ge=0)
+    init_alpha: float = param(0.8, ge=0)
+    init_gamma: float = param(0.1, ge=0)
     search: bool = True
-    search_scale: tuple[float, float, float] = (7.0, 7.0, 1.0)
-    search_steps: tuple[int, int, int] = (200, 20, 20)
+    search_scale: tuple[float, float, float] = param((7.0, 7.0, 1.0), gt=0)
+    search_steps: tuple[int, int, int] = param((200, 20, 20), ge=1)
     cache_policy: str = "mean"
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 1e-4
-    eps: float = 1e-3
-    weight_decay: float = 0.1
+    epochs: int = param(30, ge=0)
+    batch_size: int = param(256, ge=1)
+    lr: float = param(1e-4, gt=0)
+    eps: float = param(1e-3, gt=0)
+    weight_decay: float = param(0.1, ge=0)
 
     def __post_init__(self) -> None:
         validate_cache_policy(self.cache_policy)
@@ -167,6 +173,12 @@ class Track1Config:
 class Track1(Method):
     name = "track1"
     config_cls = Track1Config
+    cv_tunes: ClassVar[bool | None] = True
+
+    @classmethod
+    def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Cross-validated refit: the folds' choices fixed (`kshot.methods.refit`)."""
+        return {**refit.cache_values(metas, gamma=True), "epochs": refit.count(metas, "best_epoch")}
     supports_empty_classes: ClassVar[bool] = True
 
     def fit(self, task: Task) -> "Track1":
@@ -180,11 +192,12 @@ class Track1(Method):
         kl = kl_confidence(keys_sel, project(text, channels), key_labels)
         labels_1h = one_hot(key_labels, c)
         residual = torch.nn.Parameter(torch.zeros(c, q, device=dev))
-        train_values = labels_1h * torch.exp(cfg.init_gamma * kl)[:, None]
+        blocks = ClassBlocks.of(key_labels, c)
+        train_weights = torch.exp(cfg.init_gamma * kl)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            return track1_logits(x, text, keys_sel, key_labels, channels, residual, train_values, cfg.init_alpha,
-                                 cfg.init_beta, scale)
+            return in_row_chunks(lambda f: track1_logits(f, text, keys_sel, key_labels, channels, residual, blocks,
+                                                         train_weights, cfg.init_alpha, cfg.init_beta, scale), x)
 
         trained = train_epochs([residual], forward, task.train, task.val, TrainSchedule.of(cfg), task.seed)
         self.text_weights_, self.keys_sel_, self.key_labels_ = text, keys_sel, key_labels
@@ -208,10 +221,10 @@ class Track1(Method):
         self._check_fitted()
         check_features(features, self.text_weights_.shape[1])
         dev = features.device
-        values = one_hot(self.key_labels_.to(dev), self.num_classes_) * torch.exp(
-            self.gamma_ * self.kl_.to(dev))[:, None]
-        args = (self.text_weights_.to(dev), self.keys_sel_.to(dev), self.key_labels_.to(dev), self.channels_.to(dev),
-                self.residual_.to(dev), values, self.alpha_, self.beta_, self.scale_)
+        key_labels = self.key_labels_.to(dev)
+        args = (self.text_weights_.to(dev), self.keys_sel_.to(dev), key_labels, self.channels_.to(dev),
+                self.residual_.to(dev), ClassBlocks.of(key_labels, self.num_classes_),
+                torch.exp(self.gamma_ * self.kl_.to(dev)), self.alpha_, self.beta_, self.scale_)
         return in_row_chunks(lambda f: track1_logits(f, *args), features.float())
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -24,6 +24,8 @@ class ZeroShotConfig:
 class ZeroShot(Method):
     name = "zeroshot"
     config_cls = ZeroShotConfig
+    cv_tunes = False
+    jittor_head = "zeroshot"
 
     supports_empty_classes = True
 
@@ -33,6 +35,14 @@ class ZeroShot(Method):
         self.scale_ = float(task.logit_scale)
         self.fitted_ = True
         return self
+
+    def for_classes(self, classnames: list[str], text_weights: torch.Tensor | None) -> "ZeroShot | None":
+        """Zero-shot on other classes: their text weights, the same logit scale."""
+        if text_weights is None:
+            return None
+        moved = type(self)(self.config)
+        moved.weights_, moved.scale_, moved.fitted_ = text_weights.float().clone(), self.scale_, True
+        return moved
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         self._check_fitted()

@@ -16,12 +16,14 @@ A stage may only refer to stages defined before it (so there are no cycles). Cla
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kshot.errors import ConfigError
+from kshot.methods import create
 from kshot.pipelines.groups import parse_group
 from kshot.text.templates import DEFAULT_TEMPLATE
 
@@ -262,6 +264,21 @@ class PipelineConfig:
         return path if path.is_absolute() else self.base_dir() / path
 
 
+EMBEDDING = "embedding"
+_TOKENS = re.compile(r"^tokens:(\d+)$")
+
+
+def parse_view(spec: str, where: str = "probe_features") -> int | None:
+    """A probe feature view: None for "embedding", the block index k for "tokens:k". ConfigError otherwise."""
+    if spec == EMBEDDING:
+        return None
+    m = _TOKENS.match(str(spec).strip())
+    if not m:
+        raise ConfigError(f"{where}: unknown probe feature view {spec!r}; use 'embedding' or 'tokens:<block>' "
+                          "(e.g. tokens:0)")
+    return int(m.group(1))
+
+
 def validate(cfg: PipelineConfig) -> None:
     """Cross-field checks: references, group syntax, value ranges. Raises ConfigError naming the field."""
     where = f"pipeline {cfg.name!r}" + (f" ({cfg.source})" if cfg.source else "")
@@ -281,6 +298,7 @@ def validate(cfg: PipelineConfig) -> None:
             if st.backbone not in cfg.backbones:
                 raise ConfigError(f"{here}: unknown backbone alias {st.backbone!r}; defined: {list(cfg.backbones)}")
             parse_group(st.classes, here)
+            _validate_method(st, here)
             if (st.augment == "none") != (st.views == 0):
                 raise ConfigError(f"{here}: augment 'none' takes views: 0, any other policy views >= 1")
         elif isinstance(st, EnsembleStageConfig):
@@ -306,6 +324,14 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"{where}: output {cfg.output!r} is not a stage; stages: {list(cfg.stages)}")
 
 
+def _validate_method(st: MethodStageConfig, where: str) -> None:
+    """The stage's method name and parameters, checked before anything is extracted (a typo costs no extraction)."""
+    try:
+        create(st.method, **dict(st.params))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
 def _validate_route(cfg: PipelineConfig, r: Route, where: str) -> None:
     terms = parse_group(r.when, where)
     if r.route_by not in ROUTE_BY:
@@ -322,8 +348,6 @@ def _validate_route(cfg: PipelineConfig, r: Route, where: str) -> None:
             raise ConfigError(f"{where}: route_by 'domain_probe' needs probe_backbone (one of {list(cfg.backbones)})")
     elif r.probe_backbone not in cfg.backbones:
         raise ConfigError(f"{where}: unknown probe_backbone {r.probe_backbone!r}; defined: {list(cfg.backbones)}")
-    from kshot.pipelines.router import parse_view
-
     if not r.probe_features:
         raise ConfigError(f"{where}: probe_features needs at least one view")
     for v in r.probe_features:

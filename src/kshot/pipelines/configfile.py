@@ -4,12 +4,13 @@ plain dict. Unknown keys are a `ConfigError` naming the key, the stage and the f
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kshot.config import apply_overrides as shared_apply_overrides
+from kshot.config import load_yaml
 from kshot.errors import ConfigError
 from kshot.pipelines.config import (
     CONFIG_DIR,
@@ -128,13 +129,8 @@ def read_document(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"pipeline config not found: {path}") from None
     if suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({e})") from None
-    elif suffix == ".toml":
+        return load_yaml(path, "pipeline config")
+    if suffix == ".toml":
         import tomllib
 
         try:
@@ -149,39 +145,11 @@ def read_document(path: Path) -> dict[str, Any]:
 
 
 def apply_overrides(doc: dict[str, Any], overrides: list[str] | Mapping[str, Any]) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides (values parsed as YAML scalars/lists) to a copy of a document.
+    """Apply `a.b.c=value` overrides to a copy of a document (`kshot.config.apply_overrides`, the one grammar).
 
     Example: `stages.dog.classes=domain:Creatures`, `backbones.vit=toy:clip`, `shots=2`.
     """
-    import yaml
-
-    out = copy.deepcopy(doc)
-    pairs = overrides.items() if isinstance(overrides, Mapping) else [_split_pair(p) for p in overrides]
-    for key, value in pairs:
-        if isinstance(value, str):
-            try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
-                pass
-        parts = key.split(".")
-        node: Any = out
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {key!r}: {'.'.join(parts[:i])} is not a mapping")
-            node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {key!r}: {'.'.join(parts[:-1])} is not a mapping")
-        node[parts[-1]] = value
-    return out
-
-
-def _split_pair(pair: str) -> tuple[str, str]:
-    if "=" not in pair:
-        raise ConfigError(f"override {pair!r} must look like key.path=value")
-    k, v = pair.split("=", 1)
-    if not k.strip():
-        raise ConfigError(f"override {pair!r} has an empty key")
-    return k.strip(), v
+    return shared_apply_overrides(doc, overrides)
 
 
 def find_config(name_or_path: str | Path) -> Path:

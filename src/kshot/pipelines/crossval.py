@@ -9,7 +9,8 @@ hyper-parameters (Tip-Adapter's α/β, LP++'s iteration, the probe's C, a traini
    search exactly as it would on a validation split.
 3. The values each fold chose are read from `fitted_meta()` and combined by the lower median (`median_low`, which
    is always a value some fold actually chose); epochs/iterations become "best index + 1".
-4. The method is refitted on all shots with those values fixed and its search switched off (`REFIT_RULES`).
+4. The method is refitted on all shots with those values fixed and its search switched off (the method's own
+   `refit_overrides`, helpers in `kshot.methods.refit`; `cv_tunes` says whether it has a rule).
 
 Methods without a rule (and methods that tune nothing on validation data: zeroshot, inmap) are fitted once without a
 validation split, with their documented defaults. Cost: F + 1 fits instead of 1.
@@ -18,54 +19,15 @@ validation split, with their documented defaults. Cost: F + 1 fits instead of 1.
 from __future__ import annotations
 
 import logging
-import math
-import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from kshot.methods.base import Task, create
+from kshot.methods import METHODS, Task, create
 
 log = logging.getLogger(__name__)
-
-Metas = Sequence[Mapping[str, Any]]
-
-
-def _med(metas: Metas, key: str) -> float:
-    return float(statistics.median_low([float(m[key]) for m in metas]))
-
-
-def _count(metas: Metas, key: str) -> int:
-    """best index (0-based) -> a count of epochs/iterations/steps to run."""
-    return int(statistics.median_low([int(m[key]) for m in metas])) + 1
-
-
-def _log_med(metas: Metas, key: str) -> float:
-    return float(10 ** statistics.median_low([math.log10(float(m[key])) for m in metas]))
-
-
-def _cache(metas: Metas, gamma: bool = False) -> dict[str, Any]:
-    out = {"init_alpha": _med(metas, "alpha"), "init_beta": _med(metas, "beta"), "search": False}
-    if gamma:
-        out["init_gamma"] = _med(metas, "gamma")
-    return out
-
-
-#: method name -> (fold metas -> config overrides of the refit). None = the method tunes nothing on validation data.
-REFIT_RULES: dict[str, Callable[[Metas], dict[str, Any]] | None] = {
-    "zeroshot": None,
-    "inmap": None,
-    "tip_adapter": lambda m: _cache(m),
-    "tip_adapter_f": lambda m: {**_cache(m), "epochs": _count(m, "best_epoch")},
-    "ape": lambda m: _cache(m, gamma=True),
-    "ape_t": lambda m: {**_cache(m), "epochs": _count(m, "best_epoch")},
-    "track1": lambda m: {**_cache(m, gamma=True), "epochs": _count(m, "best_epoch")},
-    "lpp": lambda m: {"iters": _count(m, "best_iter"), "select_on_val": False},
-    "linear_probe": lambda m: {"C": _log_med(m, "C")},
-    "clip_adapter": lambda m: {"rho": _med(m, "rho"), "steps": _count(m, "best_step"), "rho_grid": ()},
-}
 
 
 def shot_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
@@ -126,10 +88,10 @@ def choose_by_crossval(method: str, params: Mapping[str, Any], task: Task, folds
         folds: requested folds (`PipelineConfig.cv_folds`).
         seed: fold-order seed.
     """
-    if method not in REFIT_RULES:
+    cls = METHODS.get(method) if method in METHODS else None
+    if cls is None or cls.cv_tunes is None:
         return CVOutcome(note=f"no cross-validation rule for {method!r}: its documented defaults are used")
-    rule = REFIT_RULES[method]
-    if rule is None:
+    if not cls.cv_tunes:
         return CVOutcome(note=f"{method} tunes nothing on validation data")
     labels = task.train.labels.cpu().numpy()
     f = effective_folds(labels, folds)
@@ -144,7 +106,7 @@ def choose_by_crossval(method: str, params: Mapping[str, Any], task: Task, folds
         m = create(method, **dict(params)).fit(fold_task)
         metas.append(dict(m.fitted_meta()))
         log.debug("%s fold %d/%d: %s", method, k + 1, f, metas[-1])
-    overrides = rule(metas)
+    overrides = cls.refit_overrides(metas)
     keys = sorted({k for k in ("alpha", "beta", "gamma", "best_epoch", "best_iter", "C", "rho", "best_step",
                                "val_accuracy", "val_acc") if k in metas[0]})
     fold_meta = [{k: m.get(k) for k in keys} for m in metas]

@@ -17,7 +17,7 @@ the image's predicted domain instead:
    cross-validation within the shots: folds are cut per *class* (`shot_folds` on the class labels: shot j of every
    class goes to fold j mod F), in each fold the probe runs its own C search on the held-out fold (lpclip protocol),
    the view with the highest mean held-out accuracy wins (first on ties), C = the folds' log-median
-   (`REFIT_RULES['linear_probe']`), and the probe is refitted on all shots. Without cross-validation (< 2 shots per
+   (`LinearProbe.refit_overrides`), and the probe is refitted on all shots. Without cross-validation (< 2 shots per
    class or `cv_folds` < 2) the first view and the probe's default C are used.
 
 A row's route depends only on its own features, so the order or the set of the other test rows does not change it.
@@ -26,7 +26,6 @@ A row's route depends only on its own features, so the order or the set of the o
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import replace
 from typing import Any
 
@@ -37,25 +36,13 @@ from torch import nn
 from kshot.backbones.base import Backbone, make_fingerprint
 from kshot.errors import ConfigError
 from kshot.features.featureset import FeatureSet
-from kshot.methods.base import Method, Task, create
-from kshot.pipelines.crossval import REFIT_RULES, effective_folds, shot_folds
-from kshot.pipelines.workspace import Workspace
+from kshot.methods import METHODS, Method, Task, create
+from kshot.pipelines.crossval import effective_folds, shot_folds
+from kshot.pipelines.config import parse_view
+from kshot.pipelines.workspace import Workspace, image_encoder
 
 log = logging.getLogger(__name__)
 
-EMBEDDING = "embedding"
-_TOKENS = re.compile(r"^tokens:(\d+)$")
-
-
-def parse_view(spec: str, where: str = "probe_features") -> int | None:
-    """A probe feature view: None for "embedding", the block index k for "tokens:k". ConfigError otherwise."""
-    if spec == EMBEDDING:
-        return None
-    m = _TOKENS.match(str(spec).strip())
-    if not m:
-        raise ConfigError(f"{where}: unknown probe feature view {spec!r}; use 'embedding' or 'tokens:<block>' "
-                          "(e.g. tokens:0)")
-    return int(m.group(1))
 
 
 class TokenStats(nn.Module):
@@ -74,8 +61,6 @@ class TokenStats(nn.Module):
 
 def token_view(backbone: Backbone, layer: int) -> Backbone:
     """A Backbone whose "image features" are `TokenStats` of `backbone`'s image tower (own feature-cache key)."""
-    from kshot.pipelines.specialist import image_encoder
-
     encoder = image_encoder(backbone)
     if not hasattr(encoder, "forward_intermediates"):
         raise ConfigError(f"probe feature view tokens:{layer}: the image encoder of {backbone.spec!r} "
@@ -158,7 +143,7 @@ class DomainProbe:
                 scores[v] = float(np.mean(accs))
                 fold_cs[v] = [float(x["C"]) for x in metas]
             self.view = max(self.views, key=lambda v: (scores[v], -self.views.index(v)))
-            overrides = REFIT_RULES["linear_probe"]([{"C": c} for c in fold_cs[self.view]])
+            overrides = METHODS.get("linear_probe").refit_overrides([{"C": c} for c in fold_cs[self.view]])
             tuning = f"view and C chosen by {folds}-fold cross-validation within the shots"
         else:
             self.view, overrides = self.views[0], {}

@@ -40,7 +40,7 @@ from kshot.pipelines.config import SpecialistConfig
 from kshot.pipelines.crossval import effective_folds, shot_folds
 from kshot.pipelines.groups import resolve_group
 from kshot.pipelines.stages import Stage
-from kshot.pipelines.workspace import Workspace
+from kshot.pipelines.workspace import Workspace, image_encoder
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +61,6 @@ class Head(nn.Module):
         if self.kind == "cosine":
             return self.scale * f @ F.normalize(self.weight, dim=-1).T
         return f @ self.weight.T + self.bias
-
-
-def image_encoder(backbone: Backbone) -> nn.Module:
-    """The image part of a backbone: a CLIP model's `visual` tower, or the whole image model (timm)."""
-    if backbone.has_text:
-        visual = getattr(backbone.model, "visual", None)
-        if visual is None:
-            raise ConfigError(f"specialist: CLIP backbone {backbone.spec!r} exposes no .visual image tower")
-        return visual
-    return backbone.model
 
 
 def cosine_lr(base: float, eta_min: float, epoch: int, period: int) -> float:

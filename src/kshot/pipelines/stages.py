@@ -20,7 +20,8 @@ import torch
 
 from kshot.errors import ConfigError
 from kshot.features.augment import AugmentPolicy
-from kshot.methods.base import METHODS, Method, Task, create
+from kshot.experiment import build_task
+from kshot.methods import METHODS, Method, create
 from kshot.pipelines.config import EnsembleStageConfig, MethodStageConfig
 from kshot.pipelines.crossval import choose_by_crossval
 from kshot.pipelines.groups import resolve_group
@@ -109,14 +110,11 @@ class MethodStage(Stage):
             raise ConfigError(f"stage {self.name!r}: method {cfg.method!r} needs a CLIP backbone with a text tower; "
                               f"{bb.spec!r} has none")
         dev = ws.device
-        task = Task(
-            train=shots.to(dev),
-            classnames=[ws.data.classnames[c] for c in self.classes],
-            text_weights=None if text is None else text[torch.as_tensor(self.classes)].to(dev),
-            unlabeled=ws.test_features(cfg.backbone).to(dev) if self.method_cls.transductive else None,
-            logit_scale=float(bb.logit_scale),
-            seed=ws.config.seed if cfg.seed is None else cfg.seed,
-        )
+        task = build_task(
+            self.method_cls, shots.to(dev), [ws.data.classnames[c] for c in self.classes],
+            None if text is None else text[torch.as_tensor(self.classes)].to(dev),
+            test=ws.test_features(cfg.backbone).to(dev) if self.method_cls.transductive else None,  # extract lazily
+            logit_scale=float(bb.logit_scale), seed=ws.config.seed if cfg.seed is None else cfg.seed)
         params = dict(cfg.params)
         tuning = "defaults"
         if ws.tune_on_pool:

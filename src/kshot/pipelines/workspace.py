@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+from torch import nn
 
 from kshot.backbones.base import Backbone
 from kshot.data.dataset import Dataset
@@ -231,3 +232,13 @@ def local_labels(fs: FeatureSet, classes: np.ndarray, num_classes: int) -> Featu
 def check_split(split: str) -> None:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {SPLITS}")
+
+
+def image_encoder(backbone: Backbone) -> nn.Module:
+    """The image part of a backbone: a CLIP model's `visual` tower, or the whole image model (timm)."""
+    if backbone.has_text:
+        visual = getattr(backbone.model, "visual", None)
+        if visual is None:
+            raise ConfigError(f"specialist: CLIP backbone {backbone.spec!r} exposes no .visual image tower")
+        return visual
+    return backbone.model

@@ -2,7 +2,7 @@
 
 A fit writes into `<runs>/.<name>.partial` and is renamed to `<runs>/<name>` when complete, `name` being unique per
 job (method, shots, seed and a random suffix), so two fits at once never share a folder and a crashed fit never looks
-like a run. The steps are `kshot fit`'s (workflow.select_shots ... Method.save, task.json), then the run is scored on
+like a run. The steps are `kshot fit`'s (kshot.experiment: select_shots ... FittedRun.save), then the run is scored on
 the dataset's test split when it has a labelled one.
 """
 
@@ -64,17 +64,15 @@ class LoadedRun:
 def load_run(path: Path, backbones: dict[str, Backbone]) -> LoadedRun:
     """A `kshot fit` folder as a LoadedRun (backbones shared through `backbones`, by spec)."""
     from kshot.backbones import load_backbone
-    from kshot.methods import load
+    from kshot.experiment import FittedRun
 
-    info = json.loads((path / "task.json").read_text())
-    bb = backbones.get(info["backbone"]) or backbones.setdefault(info["backbone"], load_backbone(info["backbone"]))
-    if bb.fingerprint != info["fingerprint"]:
-        raise KshotError(f"{path.name} was fitted on backbone {info['fingerprint']}, {info['backbone']} now loads as "
-                         f"{bb.fingerprint}")
-    m = load(path)
-    if m.needs_backbone:
-        m.attach_backbone(bb)
-    return LoadedRun(m, bb, info["classnames"])
+    run = FittedRun.load(path)
+    spec = run.info["backbone"]
+    bb = backbones.get(spec) or backbones.setdefault(spec, load_backbone(spec))
+    run.check_backbone(bb, path.name)
+    if run.method.needs_backbone:
+        run.method.attach_backbone(bb)
+    return LoadedRun(run.method, bb, run.info["classnames"])
 
 
 class FitRunner:
@@ -118,33 +116,29 @@ def fit_run(data: Path, method: str, shots: int, seed: int, backbone: str, out: 
     """`kshot fit` into `out` and the validation/test top-1 (fractions) and per-class test recall."""
     import numpy as np
 
-    from kshot import workflow as wf
+    from kshot import experiment as ex
     from kshot.backbones import load_backbone
-    from kshot.data.fewshot import write_shots_file
     from kshot.data.sources import load_dataset
     from kshot.features import ExtractConfig, FeatureStore
     from kshot.methods import create
 
     job.step = "loading data"
     pool = load_dataset(data, split="train")
-    sel = wf.select_shots(pool, shots, seed)
+    sel = ex.select_shots(pool, shots, seed)
     bb = backbones.get(backbone) or backbones.setdefault(backbone, load_backbone(backbone))
     store = FeatureStore(cache, extract=ExtractConfig(num_workers=0, progress=False))
     job.step = "extracting features"
-    used, local = wf.remap_selection(sel)
-    feats = wf.pool_features(store, bb, pool, used)
-    spec = wf.prompt_spec_for(pool)
-    task = wf.make_task(feats, local, pool.classnames, wf.text_weights_for(bb, pool, spec), bb.logit_scale, seed,
-                        backbone=bb if create(method).needs_backbone else None)
+    used, local = ex.remap_selection(sel)
+    feats = ex.pool_features(store, bb, pool, used)
+    spec = ex.prompt_spec_for(pool)
+    m = create(method)
+    task = ex.build_task(m, feats.subset(local.shots), pool.classnames, ex.text_weights_for(bb, pool, spec),
+                         val=feats.subset(local.val), logit_scale=bb.logit_scale, backbone=bb, seed=seed)
     job.step = f"fitting {method}"
-    m = create(method).fit(task)
+    m.fit(task)
     out.mkdir(parents=True)
-    m.save(out)
-    write_shots_file(pool, sel.shots, out / "shots.txt")
-    (out / "task.json").write_text(json.dumps({
-        "backbone": bb.spec, "fingerprint": bb.fingerprint, "classnames": pool.classnames,
-        "class_domains": pool.class_domains, "shots": shots, "seed": seed, "data": str(data), "method": method,
-        "prompts": {"templates": spec.templates, "per_domain": spec.per_domain, "per_class": spec.per_class}}))
+    info = ex.FittedRun.describe(bb, pool, spec, method=method, shots=shots, seed=seed, data=data)
+    ex.FittedRun(m, info).save(out, pool, sel.shots)
     metrics: dict[str, Any] = {}
     if task.val is not None:
         metrics["val_top1"] = float((m.logits(task.val.features).argmax(1) == task.val.labels).float().mean())
@@ -155,7 +149,7 @@ def fit_run(data: Path, method: str, shots: int, seed: int, backbone: str, out: 
         return metrics
     if test.has_labels and len(test):
         fs = store.get(bb, test, name="test")
-        pred = wf.predict_logits(m, fs).argmax(1).numpy()
+        pred = ex.predict_logits(m, fs).argmax(1).numpy()
         y = fs.labels.numpy()
         metrics["test_top1"] = float((pred == y).mean())
         metrics["recall"] = {pool.classnames[c]: float((pred[y == c] == c).mean()) for c in np.unique(y)}

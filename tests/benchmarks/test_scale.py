@@ -1,0 +1,41 @@
+"""benchmarks/scale.py runs end to end at tiny sizes (a smoke test of the script, not a timing)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from scale import first_shots, synthetic_imagenet  # noqa: E402
+
+from kshot.methods import METHODS  # noqa: E402
+
+
+def test_synthetic_set_shapes_and_calibration_inputs():
+    data = synthetic_imagenet(classes=20, dim=64, shots=3, val_per_class=2, test=100, seed=0)
+    assert data.train.features.shape == (60, 64) and data.val.features.shape == (40, 64)
+    assert data.test.features.shape == (100, 64) and data.text.shape == (20, 64)
+    for x in (data.train.features, data.test.features, data.text):
+        assert torch.allclose(x.norm(dim=1), torch.ones(len(x)), atol=1e-5)
+    sub = first_shots(data.train, 2)
+    assert torch.equal(torch.bincount(sub.labels), torch.full((20,), 2))
+
+
+def test_scale_script_prints_a_row_per_method(tmp_path):
+    out = tmp_path / "scale.md"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--classes", "6", "--dim", "16",
+                           "--test", "30", "--shots", "1", "--threads", "1", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = out.read_text()
+    names = [e.name for e in METHODS if not e.obj.needs_backbone]
+    for name in names:
+        assert f"| {name} | 1 |" in table
+    assert "kshot eval --protocol fewshot" in table

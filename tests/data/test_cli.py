@@ -1,0 +1,60 @@
+"""`kshot data list | prepare | check` and `kshot eval` on prepared CoOp folders (FGVCAircraft, ImageNet: no split
+file), through the real CLI, ending in a 1-shot fit on the toy backbone."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from kshot.cli import app
+from kshot.data import catalog
+from kshot.errors import DataError
+from tests.data.coop_archives import write_archives
+
+runner = CliRunner()
+
+
+def _ok(result):
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return " ".join(result.output.split())  # rich wraps long lines
+
+
+def test_list_names_every_dataset_and_what_it_needs():
+    out = _ok(runner.invoke(app, ["data", "list"], env={"COLUMNS": "250"}))
+    for e in catalog.CATALOG.values():
+        assert e.name in out and e.folder in out
+    assert "4,128 / 1,649 / 2,465" in out and "ILSVRC2012_img_val.tar" in out
+    assert "StanfordCars: the original ai.stanford.edu link is dead" in out
+
+
+@pytest.mark.parametrize("name,counts", [("FGVCAircraft", (6, 3, 6)), ("ImageNet", (15, None, 6))])
+def test_prepare_check_eval_one_shot(name, counts, tmp_path, monkeypatch):
+    e = catalog.CATALOG[name]
+    classes = write_archives(name, tmp_path / "dl", tmp_path / "s")
+    monkeypatch.setitem(catalog.CATALOG, name, dataclasses.replace(e, classes=classes, counts=counts))
+    data = tmp_path / "DATA"
+    out = _ok(runner.invoke(app, ["data", "prepare", name, "--root", str(data), "--from", str(tmp_path / "dl")]))
+    assert f"prepared in {data / e.folder}" in out
+    assert "ok" in _ok(runner.invoke(app, ["data", "check", name, "--root", str(data)]))
+    _ok(runner.invoke(app, ["eval", str(data / e.folder), "--methods", "tip_adapter", "--shots", "1", "--seeds", "1",
+                            "-o", str(tmp_path / "ev"), "--cache", str(tmp_path / "cache")]))
+    rec = json.loads((tmp_path / "ev" / "results.jsonl").read_text().splitlines()[0])
+    assert rec["dataset"] == name and 0.0 <= rec["top1"] <= 1.0
+
+
+def test_check_failure_exits_with_the_problem(tmp_path, monkeypatch):
+    e = catalog.CATALOG["EuroSAT"]
+    monkeypatch.setitem(catalog.CATALOG, "EuroSAT", dataclasses.replace(e, classes=3))
+    write_archives("EuroSAT", tmp_path / "dl", tmp_path / "s")
+    data = tmp_path / "DATA"
+    _ok(runner.invoke(app, ["data", "prepare", "eurosat", "--root", str(data), "--from", str(tmp_path / "dl")]))
+    shutil.rmtree(data / "eurosat" / "2750" / "Forest")
+    r = runner.invoke(app, ["data", "check", "eurosat", "--root", str(data)])
+    assert isinstance(r.exception, DataError) and "check failed for EuroSAT" in str(r.exception)
+    assert "missing, under Forest" in " ".join(r.output.split())
+    r = runner.invoke(app, ["eval", str(data), "--methods", "tip_adapter", "--shots", "1", "--seeds", "1"])
+    assert isinstance(r.exception, DataError) and "folder of datasets" in str(r.exception)
