@@ -65,7 +65,8 @@ def main() -> None:
         with torch.no_grad():
             torch_rate = rate(graph, images, args.batch)
         ort_rate = rate(clf.logits, images, args.batch)
-    print(f"{args.backbone} + {args.method}, {args.images} images {size}px, batch {args.batch}, {args.threads} thread(s)")
+    print(f"{args.backbone} + {args.method}, {args.images} images {size}px, batch {args.batch}, "
+          f"{args.threads} thread(s)")
     print(f"kshot torch path : {torch_rate:9.0f} img/s")
     print(f"onnxruntime CPU  : {ort_rate:9.0f} img/s   ratio {ort_rate / torch_rate:.2f}x")
 

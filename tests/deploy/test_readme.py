@@ -57,11 +57,12 @@ def test_readme_look_and_deploy_commands(tmp_path):
                 runs = httpx.get(url + "/runs", timeout=60).json()
                 break
             except httpx.TransportError:
-                assert time.time() < deadline and proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+                assert time.time() < deadline and proc.poll() is None, "kshot serve did not answer"
                 time.sleep(0.3)
         assert [r["name"] for r in runs] == ["lpp"]
         image = re.search(r"file=@(\S+)", " ".join(look[3])).group(1)
-        r = httpx.post(url + "/predict", params={"run": "lpp", "k": 5}, files={"file": open(tmp_path / image, "rb")}, timeout=120)
+        r = httpx.post(url + "/predict", params={"run": "lpp", "k": 5},
+                       files={"file": (tmp_path / image).read_bytes()}, timeout=120)
         assert r.status_code == 200 and len(r.json()["top"]) == 5, r.text
     finally:
         proc.terminate()

@@ -26,7 +26,8 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def fitted(client):
-    jobs = [client.post("/fit", json={"dataset": "toy", "method": m, "shots": 2}).json() for m in ("lpp", "tip_adapter")]
+    jobs = [client.post("/fit", json={"dataset": "toy", "method": m, "shots": 2}).json()
+            for m in ("lpp", "tip_adapter")]  # submitted together: they share the queue, never a folder
     return [_wait(client, j) for j in jobs]
 
 

@@ -134,7 +134,8 @@ def _note(geom: Geometry) -> str:
         target = int(geom.size / geom.crop_pct) if geom.crop_pct < 1 else geom.size
         how = f"resize {side} to {target} px, then center-crop {geom.size}x{geom.size}"
     return (f"Decode to RGB, {how} ({geom.interpolation}, antialiased), keep uint8 and stack as [N, 3, {geom.size}, "
-            f"{geom.size}]; the graph divides by 255 and normalises. kshot.features.decode.load_crop does exactly this.")
+            f"{geom.size}]; the graph divides by 255 and normalises. kshot.features.decode.load_crop does exactly "
+            "this.")
 
 
 def export_deploy(run_dir: str | Path, out: str | Path, fmt: str, backbone: Backbone, method: Any) -> DeployExport:

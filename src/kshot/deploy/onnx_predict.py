@@ -78,7 +78,8 @@ class OnnxClassifier:
         """uint8 [N, 3, S, S] crops -> float32 logits [N, C]."""
         return self.session.run(None, {INPUT: np.ascontiguousarray(images.numpy())})[0]
 
-    def predict_files(self, paths: Sequence[str | Path], batch_size: int = 64) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    def predict_files(self, paths: Sequence[str | Path], batch_size: int = 64
+                      ) -> tuple[np.ndarray, list[tuple[str, str]]]:
         """Logits [N', C] of the readable files among `paths`, and (path, reason) of those skipped.
 
         A file that cannot be decoded is skipped with the reason (as feature extraction does), not fatal.
