@@ -4,7 +4,8 @@ Steps: export the toy world to disk in the challenge layout (reused when present
 features of the training pool and the labelled test images -> zero-shot and every cached-feature method at
 1/2/4/8/16 shots (one seed) through the protocol runner -> a report folder: Markdown table (overall and the
 opaque-name domain, where zero-shot is weak), few-shot curves, a confusion plot and a `result.txt` for the
-challenge-layout replica (all classes, including those without training images).
+challenge-layout replica (all classes, including those without training images) from the `toy_cascade` pipeline;
+it ends by printing the `kshot serve` command that opens the toy world in the web app.
 """
 
 from __future__ import annotations
