@@ -180,6 +180,8 @@ def predict(
                                 "Jittor (optional; see `pip install kshot[jittor]` / $KSHOT_JITTOR_PYTHON)."),
     jittor_python: Optional[str] = typer.Option(None, "--jittor-python", help="Python with jittor installed."),
     jittor_device: str = typer.Option("cpu", "--jittor-device", help="Jittor device: cpu or cuda."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Run this `kshot export --format onnx` model through "
+                                        "onnxruntime instead (see `pip install kshot[deploy]`)."),
 ) -> None:
     """Predict top-k classes with a fitted artifact, or zero-shot."""
     from kshot import experiment as ex
@@ -188,6 +190,11 @@ def predict(
     if backend not in ("torch", "jittor"):
         raise KshotError(f"--backend must be torch or jittor, not {backend!r}")
     ds = load_dataset(data, layout=layout, split=split)
+    if onnx is not None:
+        from kshot.deploy.onnx_predict import predict_dataset
+
+        _write_predictions(*predict_dataset(onnx, ds, console.print), ds, k, out, result_txt)
+        return
     if backend == "jittor":
         fs, logits = _predict_jittor(ds, artifact, method, classes, backbone, templates, prompts, jittor_python,
                                      jittor_device)
@@ -434,21 +441,57 @@ def demo(
 @app.command()
 def export(
     source: Optional[Path] = typer.Argument(None, help="A `kshot fit` folder or a continual checkpoint folder."),
-    fmt: str = typer.Option("jittor", "--format", help="Output format: jittor (a jt.load-able .pkl)."),
-    out: Path = typer.Option(..., "--out", "-o", help="File to write (.pkl)."),
+    fmt: str = typer.Option("jittor", "--format", help="Output format: jittor (a jt.load-able .pkl), onnx or "
+                            "torchscript (one graph uint8 images -> logits, labels.json + preprocess.json beside it)."),
+    out: Path = typer.Option(..., "--out", "-o", help="File to write (.pkl, .onnx, .pt)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Export this CLIP backbone's weights "
                                            "(JCLIP key names) instead of an artifact."),
 ) -> None:
     """Export a fitted method, a continual run's weights/masks/heads, or CLIP weights for Jittor users."""
+    from kshot.deploy.export import DEPLOY_FORMATS, export_deploy
     from kshot.errors import ConfigError
     from kshot.interop.export import FORMATS, export_jittor
 
+    if fmt in DEPLOY_FORMATS:
+        if source is None or backbone is not None:
+            raise ConfigError(f"--format {fmt} exports a `kshot fit` folder: pass it (and no --backbone)")
+        m, bb = _artifact_method(source, "cpu")
+        res = export_deploy(source, out, fmt, bb, m)
+        console.print(f"wrote {res.path} ({fmt}, uint8 [N,3,H,W] -> {res.num_classes} logits; self-check max abs diff "
+                      f"{res.check_diff:.1e}), {res.labels.name} and {res.preprocess.name} beside it")
+        return
     if fmt not in FORMATS:
-        raise ConfigError(f"unknown export format {fmt!r}; supported: {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown export format {fmt!r}; supported: {', '.join(FORMATS + DEPLOY_FORMATS)}")
     bb = _load_backbone(backbone, "cpu") if backbone else None
     res = export_jittor(out, source=source, backbone=bb)
     console.print(f"wrote {res.path} ({res.kind}, {res.arrays} arrays, {res.nbytes / 2**20:.1f} MiB); "
                   f"load it in Jittor with jt.load('{res.path.name}')")
+
+
+@app.command()
+def serve(
+    roots: list[Path] = typer.Option(..., "--root", help="Data root the app may read (repeat); datasets are the "
+                                     "folders under it."),
+    runs: Path = typer.Option(Path("kshot-out/runs"), "--runs", help="Folder for the app's fits (and listed runs)."),
+    artifacts: Optional[list[Path]] = typer.Option(None, "--artifact", "-a", help="Also offer this `kshot fit` run."),
+    backbone: str = BackboneOpt,
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (default: this machine only)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """A local web app and JSON API (/docs): pick a dataset, fit, classify uploaded images."""
+    import uvicorn
+
+    from kshot.features import default_cache_dir
+    from kshot.serve import ServeConfig, create_app
+
+    for p in [*roots, *(artifacts or [])]:
+        if not p.is_dir():
+            raise KshotError(f"{p}: no such folder")
+    cfg = ServeConfig(list(roots), runs, cache or default_cache_dir(), backbone, preload=list(artifacts or []))
+    console.print(f"kshot serve on http://{host}:{port}/ (API docs at /docs); reading only under "
+                  f"{', '.join(map(str, roots))}")
+    uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")
 
 
 def _mount_commands() -> None:

@@ -19,3 +19,7 @@ class CacheError(KshotError):
 
 class ConfigError(KshotError):
     """A configuration value or override is invalid."""
+
+
+class ExportError(KshotError):
+    """A fitted method cannot be exported as a fixed graph, or an exported graph disagrees with kshot."""

@@ -16,9 +16,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 from kshot.config import replace as config_replace
-from kshot.errors import CheckpointError, ConfigError
+from kshot.errors import CheckpointError, ConfigError, ExportError
 from kshot.features.featureset import FeatureSet
 from kshot.registry import Registry
 
@@ -124,6 +125,24 @@ class Method(ABC):
         """Fitted non-tensor values (chosen hyper-parameters, ...), JSON-serialisable."""
         return {}
 
+    def exportable_head(self) -> nn.Module:
+        """The fitted head as a module: L2-normalised features [N, D] -> logits [N, C] (`kshot export` hook).
+
+        The default wraps `logits`, which suits a method whose inference is a fixed function of one image's
+        features (tensors fixed at fit time, no Python branching on values): `kshot.deploy` traces it behind the
+        encoder and checks the traced graph against `logits` at another batch size. A method that does not fit that
+        description overrides this to raise `ExportError` saying why (transductive methods and methods that run a
+        tower at inference already do, here).
+        """
+        self._check_fitted()
+        if self.transductive:
+            raise ExportError(f"{self.name} is transductive: its head is fitted on the images it classifies, so "
+                              "there is no fixed graph for new images; refit it on them instead")
+        if self.needs_backbone:
+            raise ExportError(f"{self.name} runs the backbone's towers at inference; exporting it as a fixed graph is "
+                              "not supported")
+        return LogitsHead(self)
+
     def _check_fitted(self) -> None:
         if not self.fitted_:
             raise RuntimeError(f"{self.name}: call fit(task) before logits()")
@@ -149,6 +168,17 @@ class Method(ABC):
         tmpj.write_text(json.dumps(doc, indent=2))
         tmpj.replace(path / "method.json")
         return path
+
+
+class LogitsHead(nn.Module):
+    """`method.logits` as a module (the default `Method.exportable_head`): features [N, D] -> logits [N, C]."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.method.logits(features)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
