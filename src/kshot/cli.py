@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kshot.cli_errors import main as run_cli_main
 from kshot.errors import KshotError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -526,12 +526,8 @@ _mount_subcommands()
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        app()
-    except KshotError as e:
-        console.print(f"[red]error:[/] {e}")
-        raise SystemExit(2) from None
+    """The `kshot` console script: user mistakes become one `error: ...` line (see kshot.cli_errors)."""
+    run_cli_main(app)
 
 
 if __name__ == "__main__":

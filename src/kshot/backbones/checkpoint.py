@@ -3,8 +3,8 @@
 Formats are recognised by content (the suffix is only a tie-breaker), so a misnamed file still loads or fails with a
 precise message:
 
-- zip archive: OpenAI TorchScript `.pt` (`torch.jit.load` on CPU, then its `state_dict()`), or a `torch.save` zip
-  checkpoint read with `torch.load(weights_only=True)` only;
+- zip archive: OpenAI TorchScript `.pt` (its tensors read by `kshot.safe_load.read_torchscript_tensors`, which never
+  runs the archive's code), or a `torch.save` zip checkpoint read with `load_torch_file` (weights_only=True) only;
 - `.safetensors` (8-byte little-endian header length, then a JSON header);
 - Jittor/JCLIP `.pkl` (pickle, with or without Jittor's SHA-1 trailer), read by `jittor_pkl.read_jittor_pkl`;
 - a legacy (pre-zip) `torch.save` pickle, again with `weights_only=True`.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from kshot.errors import CheckpointError
+from kshot.safe_load import load_torch_file, read_torchscript_tensors
 
 from .jittor_pkl import MAGIC as JITTOR_MAGIC
 from .jittor_pkl import read_jittor_pkl
@@ -76,29 +76,6 @@ def sniff_format(path: Path) -> str:
     raise CheckpointError(f"{path}: not a recognised checkpoint format (supported: {SUPPORTED})")
 
 
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError/RuntimeError/EOFError etc. depending on the damage
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise CheckpointError(
-                f"{path}: refused - the file holds Python objects other than tensors, and kshot only loads torch files "
-                f"with weights_only=True ({msg})"
-            ) from None
-        raise CheckpointError(f"{path}: cannot read torch checkpoint (truncated or corrupt?): {msg}") from None
-
-
-def _torchscript_state(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=FutureWarning)
-            module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot load TorchScript archive: {str(e).splitlines()[0]}") from None
-    return dict(module.state_dict())
-
-
 def _safetensors_state(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -138,7 +115,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     kind = sniff_format(p)
     logger.debug("reading %s as %s", p, kind)
     if kind == "torchscript":
-        state = _torchscript_state(p)
+        state = read_torchscript_tensors(p)
     elif kind == "safetensors":
         state = _safetensors_state(p)
     elif kind == "jittor_pkl":
@@ -149,7 +126,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
                            "unchanged)", p, half, len(arrays))
         state = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
     else:
-        state = _torch_load(p)
+        state = load_torch_file(p)
     state = _unwrap(state, p)
     if not state:
         raise CheckpointError(f"{p}: checkpoint holds no tensors")

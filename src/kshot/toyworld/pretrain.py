@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kshot.errors import CheckpointError, ConfigError
+from kshot.errors import ConfigError
+from kshot.safe_load import load_torch_file
 from kshot.toyworld.captions import caption_words
 from kshot.toyworld.generator import World, WorldSpec
 from kshot.toyworld.model import ToyClipCfg, build_toy_clip, encode_text_trimmed, images_to_tensor, toy_preprocess_cfg
@@ -160,10 +161,7 @@ def pretrain(
         start = 0
         ckpt = Path(config.checkpoint_dir) / "resume.pt" if config.checkpoint_dir else None
         if resume and ckpt is not None and ckpt.exists():
-            try:
-                state = torch.load(ckpt, map_location="cpu", weights_only=False)
-            except Exception as e:  # noqa: BLE001 - any unreadable file is a checkpoint error
-                raise CheckpointError(f"cannot read resume checkpoint {ckpt}: {e}") from e
+            state = load_torch_file(ckpt)  # weights_only: a pickled object in the file is refused, never run
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
             rng.bit_generator.state = state["rng"]
