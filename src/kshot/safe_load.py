@@ -182,3 +182,12 @@ def read_torchscript_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Te
     out: dict[str, torch.Tensor] = {}
     _collect(obj, "", out, set())
     return out
+
+
+def load_own_torchscript(path: str | os.PathLike[str]) -> torch.jit.ScriptModule:
+    """Run-able TorchScript module of a file kshot itself has just written (`kshot export` checks its own graph).
+
+    `torch.jit.load` executes the archive's code, so it is never used on a file a user hands to kshot (those go
+    through `read_torchscript_tensors`); this is only for the export's self-check, right after `torch.jit.save`.
+    """
+    return torch.jit.load(str(path), map_location="cpu")

@@ -16,7 +16,6 @@ off while tracing; the traced graph computes the same attention with plain ops.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -29,9 +28,12 @@ import numpy as np
 import torch
 
 from kshot.backbones.base import Backbone
-from kshot.deploy.graph import ImageClassifier, build_graph, example_images
+from kshot.deploy.graph import (INPUT, LABELS_FILE, OUTPUT, PREPROCESS_FILE, ImageClassifier, build_graph,
+                                example_images, sha256_file)
+from kshot.deploy.onnx_predict import OnnxClassifier
 from kshot.errors import ConfigError, ExportError
 from kshot.features.tensor_transforms import Geometry
+from kshot.safe_load import load_own_torchscript
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,6 @@ DEPLOY_FORMATS = ("onnx", "torchscript")
 OPSET = 17
 TRACE_BATCH, CHECK_BATCH = 2, 3
 CHECK_TOL = 1e-3
-INPUT, OUTPUT = "images", "logits"
-LABELS_FILE, PREPROCESS_FILE = "labels.json", "preprocess.json"
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,6 @@ def _plain_attention() -> Iterator[None]:
         yield
     finally:
         torch.backends.mha.set_fastpath_enabled(before)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_json(path: Path, doc: Any) -> None:
@@ -101,11 +93,9 @@ def _trace_torchscript(graph: ImageClassifier, example: torch.Tensor, path: Path
 def run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
     """Logits [N, C] of an exported file on uint8 images [N, 3, S, S] (onnxruntime CPU or `torch.jit.load`)."""
     if fmt == "onnx":
-        from kshot.deploy.onnx_predict import OnnxClassifier
-
         return OnnxClassifier.session_for(path).run(None, {INPUT: images.numpy()})[0]
     with torch.no_grad():
-        return torch.jit.load(str(path), map_location="cpu")(images).numpy()  # the file we just wrote
+        return load_own_torchscript(path)(images).numpy()
 
 
 def preprocess_doc(backbone: Backbone, model_file: Path, fmt: str, num_classes: int) -> dict[str, Any]:

@@ -8,6 +8,8 @@ an export says how to do them.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +18,18 @@ from torch import nn
 
 from kshot.backbones.base import Backbone
 from kshot.features.tensor_transforms import Normalizer
+
+INPUT, OUTPUT = "images", "logits"
+LABELS_FILE, PREPROCESS_FILE = "labels.json", "preprocess.json"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file (read in 1 MiB blocks): ties an export's sidecars to its model file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class _Encoder(nn.Module):

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from kshot.deploy.export import INPUT, LABELS_FILE, PREPROCESS_FILE, sha256_file
+from kshot.deploy.graph import INPUT, LABELS_FILE, PREPROCESS_FILE, sha256_file
 from kshot.errors import ConfigError, DataError, ExportError
 from kshot.features.tensor_transforms import Geometry
 
