@@ -94,8 +94,11 @@ def test_cli_export_method(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["export", str(art), "--format", "jittor", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "tip_adapter" in jt_load(out)["method"] and "jt.load" in result.output
-    bad = CliRunner().invoke(app, ["export", str(art), "--format", "onnx", "--out", str(out)])
+    bad = CliRunner().invoke(app, ["export", str(art), "--format", "tflite", "--out", str(out)])
     assert bad.exit_code != 0 and isinstance(bad.exception, ConfigError) and "jittor" in str(bad.exception)
+    # onnx/torchscript are formats now (kshot.deploy): they need a `kshot fit` folder, and a bare artifact says so
+    bare = CliRunner().invoke(app, ["export", str(art), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
+    assert bare.exit_code != 0 and "task.json" in str(bare.exception)
 
 
 def test_backbone_export_round_trips_through_the_jclip_reader(tmp_path: Path) -> None:

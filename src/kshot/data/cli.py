@@ -17,7 +17,7 @@ from kshot.errors import DataError
 
 app = typer.Typer(help="The 11 CoOp benchmark datasets (+ ImageNet variants): list, prepare, check.",
                   no_args_is_help=True)
-console = Console()
+console = Console(soft_wrap=True)  # paths and messages stay on one line (greppable, testable)
 
 RootOpt = typer.Option(..., "--root", help="The $DATA folder holding one sub-folder per dataset.")
 
