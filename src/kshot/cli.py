@@ -17,6 +17,37 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="kshot: few-shot adaptation of pretrained vision(-language) models from cached features.")
 console = Console(stderr=True)
 
+
+
+def _version(value: bool) -> None:
+    if value:
+        from kshot import __version__
+
+        typer.echo(f"kshot {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each step chooses (INFO)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and requested output: no progress bars."),
+) -> None:
+    """kshot: few-shot adaptation of pretrained vision(-language) models from cached features.
+
+    Example: kshot fit photos/ -m auto -o runs/auto && kshot predict new/ -a runs/auto -o labels.csv
+    """
+    import logging
+    import os
+
+    if quiet:
+        console.quiet = True
+        os.environ["TQDM_DISABLE"] = "1"  # every tqdm bar (extraction, sweeps, training epochs)
+        logging.getLogger().setLevel(logging.ERROR)
+    elif verbose:
+        logging.getLogger().setLevel(logging.INFO)
+
+
 BackboneOpt = typer.Option("toy:clip", "--backbone", "-b",
                            help="Backbone spec: open_clip:ARCH@TAG, open_clip:ARCH@/path/file, timm:NAME, toy:clip, "
                                 "or a checkpoint path.")
@@ -154,10 +185,30 @@ def fit(
                          logit_scale=bb.logit_scale, backbone=bb, images=images, seed=seed)
     m.fit(task)
     info = ex.FittedRun.describe(bb, pool, spec, method=method, shots=shots, seed=seed, data=data)
+    report = ex.fit_report(m, feats.subset(local.val))
+    info.update(report)
     ex.FittedRun(m, info).save(out, pool, sel.shots)
     if shots_file is not None and not Path(shots_file).is_file():
         write_shots_file(pool, sel.shots, shots_file)
     console.print(f"fitted {method} on {len(sel.shots)} shots ({pool.num_classes} classes) -> {out}")
+    _print_fit_report(report, m, shots)
+
+
+def _print_fit_report(report: dict, m, shots: int) -> None:
+    from rich.markup import escape
+
+    from kshot.methods import config_to_dict
+
+    if "auto" in report:
+        console.print(f"auto: {escape(report['auto']['reason'])}")
+    if report["val_top1_percent"] is not None:
+        console.print(f"validation top-1 {report['val_top1_percent']:.2f} % on {report['val_images']} held-out pool "
+                      "images (recorded in task.json)")
+    else:
+        keep = f" (-k {shots - 4} keeps 4 per class for validation)" if shots > 4 else ""
+        settings = ", ".join(f"{k}={v}" for k, v in config_to_dict(m.config).items()) or "none"
+        console.print(f"[yellow]no validation split[/]: every class has only its {shots} shot(s){escape(keep)}; "
+                      f"nothing was searched, {m.name} uses its default settings: {escape(settings)}")
 
 
 @app.command()
@@ -346,6 +397,9 @@ def eval_(
     views: int = typer.Option(0, help="base2new: augmented views of the shots to cache and train on."),
     no_val: bool = typer.Option(False, "--no-val", help="fewshot: draw no validation split; every method runs with "
                                 "its defaults (CLAP's comparison)."),
+    holdout: Optional[float] = typer.Option(None, "--holdout", help="fewshot: hold out this fraction of every class "
+                                            "of DATA as the test split (a folder without one), e.g. 0.2."),
+    holdout_seed: int = typer.Option(1, "--seed", help="Seed of the --holdout draw."),
     out: Path = typer.Option(Path("kshot-out/eval"), "--out", "-o", help="Results folder (results.jsonl, tables, "
                              "plots); re-running skips finished cells."),
     cache: Optional[Path] = CacheOpt,
@@ -378,7 +432,16 @@ def eval_(
         return
     proto = FewShotProtocol(names, tuple(shot_list), seed_list, per_method, k_val=0 if no_val else None)
     pool = load_any(data, layout=layout, split=train_split)
-    test_ds = load_any(test or data, layout=layout if test is None else "auto", split=test_split)
+    if holdout is not None:
+        from kshot.data.holdout import split_holdout
+
+        if test is not None:
+            raise KshotError("--holdout draws the test split from DATA: pass it or --test, not both")
+        pool, test_ds = split_holdout(pool, holdout, holdout_seed)
+        console.print(f"hold-out: {len(test_ds)} of {len(pool) + len(test_ds)} images ({100 * holdout:.0f} % of each "
+                      f"class, seed {holdout_seed}) are the test split")
+    else:
+        test_ds = _eval_test_split(data, test, layout, test_split)
     bb = _load_backbone(backbone, device)
     store = _store(cache, device)
     spec = ex.prompt_spec_for(pool, templates, prompts)
@@ -390,6 +453,20 @@ def eval_(
     plot_curves(records, out / f"{pool.name}_curves.png", f"{pool.name} — {bb.spec}")
     Console().print(table)
     console.print(f"results in {out}")
+
+
+def _eval_test_split(data: Path, test: Optional[Path], layout: str, test_split: str):
+    """The labelled test dataset of `kshot eval`; a missing split suggests --holdout."""
+    from kshot.data.coop_source import load_any
+    from kshot.errors import DataError
+
+    try:
+        return load_any(test or data, layout=layout if test is None else "auto", split=test_split)
+    except DataError as e:
+        if test is not None or test_split not in str(e):
+            raise
+        raise DataError(f"{e}; to hold out part of DATA as the test split pass --holdout 0.2 (seeded, stratified; "
+                        "--seed N) or give --test DATASET") from None
 
 
 def _csv(text: str, option: str, kind: type) -> list:

@@ -178,6 +178,20 @@ def predict_logits(method: Method, features: FeatureSet, batch_size: int = 65536
     return torch.cat(chunks) if chunks else torch.zeros(0, 0)
 
 
+def fit_report(method: Method, val: FeatureSet | None) -> dict[str, Any]:
+    """What `kshot fit` records and prints about a fit: validation top-1 (percent, None without a validation split),
+    the number of validation images and, for a method that `selects_method` (`auto`), its choice and why."""
+    n = len(val) if val is not None else 0
+    rep: dict[str, Any] = {"val_images": n, "val_top1_percent": None}
+    if n:
+        pred = predict_logits(method, val).argmax(1).cpu()
+        rep["val_top1_percent"] = round(100.0 * float((pred == val.labels.cpu()).float().mean()), 2)
+    if method.selects_method:
+        meta = method.fitted_meta()
+        rep["auto"] = {"chosen": meta["chosen"], "reason": meta["reason"]}
+    return rep
+
+
 # ---------------------------------------------------------------- fitted runs
 
 

@@ -21,5 +21,6 @@ from kshot.methods import proker  # noqa: F401
 from kshot.methods import clap  # noqa: F401
 from kshot.methods import tda  # noqa: F401
 from kshot.methods import clip_lora  # noqa: F401
+from kshot.methods import auto  # noqa: F401
 
 __all__ = ["METHODS", "Method", "Task", "config_to_dict", "create", "load"]

@@ -84,6 +84,8 @@ class Method(ABC):
     #: Encoders `fit` trains through ('image', 'text'); such methods get the shot files in `task.images`, and with
     #: 'image' their `logits` take features of `tuned_backbone(base)` (CLIP-LoRA).
     trains_encoders: ClassVar[tuple[str, ...]] = ()
+    #: True when `fit` chooses among other registered methods (`auto`): left out of default sweeps and candidates.
+    selects_method: ClassVar[bool] = False
 
     def __init__(self, config: Any | None = None, **overrides: Any):
         if config is None:
