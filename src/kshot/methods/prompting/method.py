@@ -120,6 +120,12 @@ class PromptMethod(Method):
     def _design(self) -> Design:
         raise NotImplementedError
 
+    def _loss(self, learner: PromptLearner, meta_net: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
+              scale: float) -> torch.Tensor:
+        """Mean training loss of a batch (features x [B, D], labels y [B]): cross-entropy (CoOp/CoCoOp/ATPrompt);
+        KgCoOp adds its distance to the hand-crafted prompts."""
+        return F.cross_entropy(self._batch_logits(learner, meta_net, x, scale), y)
+
     def _schedule(self, shots: int) -> Schedule:
         c = self.config
         return Schedule(epochs=c.epochs if c.epochs is not None else coop_epochs(shots), batch_size=c.batch_size,
@@ -215,7 +221,7 @@ class PromptMethod(Method):
         schedule = self._schedule(shots)
 
         def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(self._batch_logits(learner, meta_net, x, scale), y)
+            return self._loss(learner, meta_net, x, y, scale)
 
         params = list(learner.parameters()) + ([] if meta_net is None else list(meta_net.parameters()))
         with frozen(bb.model):
