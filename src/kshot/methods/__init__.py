@@ -17,6 +17,7 @@ from kshot.methods import coop  # noqa: F401
 from kshot.methods import cocoop  # noqa: F401
 from kshot.methods import atprompt  # noqa: F401
 from kshot.methods import kgcoop  # noqa: F401
+from kshot.methods import maple  # noqa: F401
 from kshot.methods import gda  # noqa: F401
 from kshot.methods import proker  # noqa: F401
 from kshot.methods import clap  # noqa: F401

@@ -38,7 +38,7 @@ from torch import nn
 
 from kshot.data.dataset import Dataset
 from kshot.data.images import check_images, load_image
-from kshot.errors import DataError
+from kshot.errors import ConfigError, DataError
 from kshot.tuning.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,9 @@ class EngineConfig:
         num_workers: DataLoader decoding processes (0 = in the main process).
         seed: seed of shuffling, crops and dropout.
         progress: show a progress bar with the loss (rank 0).
+        optimizer: 'adamw' (CLIP-LoRA) or 'sgd' (momentum `momentum`; the Dassl trainers of MaPLe/PromptSRC).
+        schedule: 'cosine' (per iteration, above) or 'dassl' (per epoch: `warmup_epochs` at `warmup_lr`, then
+            0.5·lr·(1 + cos(π·(e − warmup)/E)) over the E = iters / steps-per-epoch epochs, Dassl's scheduler).
     """
 
     iters: int
@@ -75,6 +78,11 @@ class EngineConfig:
     num_workers: int = 0
     seed: int = 0
     progress: bool = True
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    warmup_lr: float = 1e-5
 
 
 def _seed(*parts: int) -> int:
@@ -85,15 +93,35 @@ def _seed(*parts: int) -> int:
 def step_samples(n: int, batch_size: int, seed: int, step: int) -> list[tuple[int, int]]:
     """(item index, epoch) of each sample of global step `step`: epochs are seeded permutations of the n shots cut
     into batches (the short last batch dropped when n >= batch_size, as Dassl's train loader)."""
-    per_epoch = n // batch_size if n >= batch_size else 1
+    per_epoch = steps_per_epoch(n, batch_size)
     epoch, b = divmod(step, per_epoch)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, epoch)))
     return [(int(i), epoch) for i in perm[b * batch_size:(b + 1) * batch_size]]
 
 
-def cosine_lr(cfg: EngineConfig, step: int) -> float:
-    """Learning rate of step `step` (0-based): eta_min + (lr - eta_min)(1 + cos(pi t / T)) / 2."""
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimiser steps in one pass over n shots (the short last batch dropped, see `step_samples`)."""
+    return n // batch_size if n >= batch_size else 1
+
+
+def cosine_lr(cfg: EngineConfig, step: int, n: int = 0) -> float:
+    """Learning rate of step `step` (0-based). 'cosine': eta_min + (lr - eta_min)(1 + cos(pi t / T)) / 2 over the
+    T iterations; 'dassl': constant warm-up, then a cosine over epochs (n = number of shots)."""
+    if cfg.schedule == "dassl":
+        per = steps_per_epoch(n, cfg.batch_size)
+        epoch, epochs = step // per, max(cfg.iters // per, 1)
+        if epoch < cfg.warmup_epochs:
+            return cfg.warmup_lr
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / epochs))
     return cfg.eta_min + (cfg.lr - cfg.eta_min) * (1 + math.cos(math.pi * step / max(cfg.iters, 1))) / 2
+
+
+def _optimizer(params: list[nn.Parameter], cfg: EngineConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer != "adamw":
+        raise ConfigError(f"engine optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
 class ShotImages(torch.utils.data.Dataset):
@@ -146,7 +174,8 @@ def check_shot_files(images: Dataset, what: str) -> None:
 def train_encoders(params: Sequence[nn.Parameter], loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                    images: Dataset, labels: torch.Tensor, preprocess: Callable[[Any], torch.Tensor], image_size: int,
                    cfg: EngineConfig, device: torch.device, *, model: nn.Module | None = None,
-                   val_fn: Callable[[], float] | None = None, val_every: int = 0, name: str = "train") -> list[float]:
+                   val_fn: Callable[[], float] | None = None, val_every: int = 0, name: str = "train",
+                   after_step: Callable[[int, bool], None] | None = None) -> list[float]:
     """Optimise `params` on the shot images; resumes from `cfg.checkpoint_dir` when it holds a checkpoint.
 
     Args:
@@ -158,13 +187,15 @@ def train_encoders(params: Sequence[nn.Parameter], loss_fn: Callable[[torch.Tens
         model: module set to train mode during training (dropout) and for gradient checkpointing.
         val_fn: validation accuracy of the current parameters (shown on the progress bar, logged), run every
             `val_every` steps (0: at the end only) with the model in eval mode and no gradients.
+        after_step: called after each optimiser step with (step, True when it ended an epoch) — PromptSRC's
+            prompt aggregation over epochs (its running state is the caller's, not part of the checkpoints).
 
     Returns:
         The global mean training loss of every step, from step 0 (restored ones included).
     """
     params = list(params)
     rank, world = _dist()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt = _optimizer(params, cfg)
     losses: list[float] = []
     start = 0
     folder = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
@@ -187,7 +218,7 @@ def train_encoders(params: Sequence[nn.Parameter], loss_fn: Callable[[torch.Tens
             batch = _load_batch(images, preprocess, image_size, mine, cfg).to(device)
             y = labels[[i for i, _ in mine]].to(device)
             for g in opt.param_groups:
-                g["lr"] = cosine_lr(cfg, step)
+                g["lr"] = cosine_lr(cfg, step, len(images))
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(_seed(cfg.seed, step, rank, 1))
                 with _autocast(device, cfg.amp):
@@ -202,6 +233,8 @@ def train_encoders(params: Sequence[nn.Parameter], loss_fn: Callable[[torch.Tens
             else:
                 opt.step()
             losses.append(total)
+            if after_step is not None:
+                after_step(step, (step + 1) % steps_per_epoch(len(images), cfg.batch_size) == 0)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{total:.4f}")
@@ -285,7 +318,8 @@ def _restore(params: list[nn.Parameter], opt: torch.optim.Optimizer, tensors: di
             p.copy_(t)
             state = {k.split(".", 2)[2]: v.to(p.device) for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
             if state:
-                state["step"] = state["step"].cpu()
+                if "step" in state:
+                    state["step"] = state["step"].cpu()
                 opt.state[p] = state
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -104,12 +104,14 @@ class PromptLearner(nn.Module):
         vals = bank[:, self.row_class[:, None], idx] if self.csc else bank[:, idx]
         return torch.where(learn[None], vals.to(self.tok.dtype), self.tok[None])
 
-    def forward(self, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """Text features [R, C, D] (un-normalised), or [B, R, C, D] with a per-image bias [B, W]."""
+    def forward(self, bias: torch.Tensor | None = None, deep: Sequence[torch.Tensor] = (),
+                deep_start: int = 1) -> torch.Tensor:
+        """Text features [R, C, D] (un-normalised), or [B, R, C, D] with a per-image bias [B, W]; `deep` prompts
+        replace the tokens from `deep_start` in the deeper blocks (`TextTower.encode`)."""
         x = self.embeddings(bias)
         r, c = self.num_recipes, self.num_classes
         if bias is None:
-            return self.tower.encode(x, self.eot).view(r, c, -1)
+            return self.tower.encode(x, self.eot, deep, deep_start).view(r, c, -1)
         b = x.shape[0]
         feats = self.tower.encode(x.flatten(0, 1), self.eot.repeat(b))
         return feats.view(b, r, c, -1)

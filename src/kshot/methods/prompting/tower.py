@@ -11,8 +11,11 @@ sequences trimmed to `max(eot) + 1` columns (much cheaper than the full 77); `ca
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from kshot.errors import ConfigError
 
@@ -72,10 +75,18 @@ class TextTower:
         """Token ids [..., L] -> embeddings [..., L, W] (no gradient)."""
         return self.model.token_embedding(ids.to(self.device)).to(self.cast_dtype())
 
-    def encode(self, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    @property
+    def num_layers(self) -> int:
+        """Transformer blocks of the text tower (the limit of a deep prompt's depth)."""
+        return len(self.model.transformer.resblocks)
+
+    def encode(self, x: torch.Tensor, eot: torch.Tensor, deep: Sequence[torch.Tensor] = (),
+               deep_start: int = 1) -> torch.Tensor:
         """Prompt embeddings x [N, L, W] (L <= context length) and end-of-text positions eot [N] -> features [N, D].
 
-        The features are not normalised (as `encode_text(normalize=False)`).
+        The features are not normalised (as `encode_text(normalize=False)`). `deep` [n, W] tensors are deep prompts
+        (MaPLe/PromptSRC): before block i = 1..len(deep) the n tokens from `deep_start` are replaced by deep[i-1]
+        (block 0 sees the prompt's own learned tokens; blocks after the last deep prompt keep what they receive).
         """
         m = self.model
         length = x.shape[1]
@@ -85,7 +96,8 @@ class TextTower:
             raise ConfigError("this text tower attends to padding: pass full-length sequences")
         x = x.to(self.cast_dtype()) + m.positional_embedding[:length].to(self.cast_dtype())
         mask = getattr(m, "attn_mask", None)
-        x = m.transformer(x, attn_mask=None if mask is None else mask[:length, :length])
+        mask = None if mask is None else mask[:length, :length]
+        x = m.transformer(x, attn_mask=mask) if not deep else run_blocks(m.transformer, x, mask, deep, deep_start)
         x = m.ln_final(x)
         if self.pool_type == "first":
             pooled = x[:, 0]
@@ -97,3 +109,25 @@ class TextTower:
         if proj is None:
             return pooled
         return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+
+
+def run_blocks(transformer: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, deep: Sequence[torch.Tensor],
+               start: int) -> torch.Tensor:
+    """open_clip `Transformer.forward` on x [N, L, W] with deep prompts: before block i (1 <= i <= len(deep)) the
+    tokens [start, start + n) (start < 0: counted from the end) become deep[i-1] [n, W]. Honours the transformer's
+    batch_first and grad_checkpointing."""
+    blocks = transformer.resblocks
+    if len(deep) >= len(blocks):
+        raise ConfigError(f"{len(deep) + 1} prompt layers exceed the {len(blocks)} transformer blocks")
+    for i, block in enumerate(blocks):
+        if 1 <= i <= len(deep):
+            p = deep[i - 1].to(x.dtype)
+            s = start if start >= 0 else x.shape[1] + start
+            x = torch.cat([x[:, :s], p[None].expand(x.shape[0], -1, -1), x[:, s + p.shape[0]:]], dim=1)
+        y = x if getattr(transformer, "batch_first", True) else x.transpose(0, 1)
+        if getattr(transformer, "grad_checkpointing", False) and torch.is_grad_enabled():
+            y = checkpoint(block, y, None, None, mask, use_reentrant=False)
+        else:
+            y = block(y, attn_mask=mask)
+        x = y if getattr(transformer, "batch_first", True) else y.transpose(0, 1)
+    return x
