@@ -18,6 +18,7 @@ from kshot.methods import cocoop  # noqa: F401
 from kshot.methods import atprompt  # noqa: F401
 from kshot.methods import kgcoop  # noqa: F401
 from kshot.methods import maple  # noqa: F401
+from kshot.methods import promptsrc  # noqa: F401
 from kshot.methods import gda  # noqa: F401
 from kshot.methods import proker  # noqa: F401
 from kshot.methods import clap  # noqa: F401

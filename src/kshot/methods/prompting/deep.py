@@ -273,7 +273,7 @@ class DeepPromptMethod(Method):
     def _export(self, learner: PromptLearner, params_module: nn.Module) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             deep_text, visual = self._prompts(params_module, learner.vectors["ctx"])
-            out = {f"vectors.{k}": v for k, v in learner.export().items()}
+            out = {f"vectors.{k}": v.clone() for k, v in learner.export().items()}
             out |= {f"text_deep.{i}": t.detach().float().cpu().clone() for i, t in enumerate(deep_text)}
             out |= {f"visual.{i}": t.detach().float().cpu().clone() for i, t in enumerate(visual)}
         return out
