@@ -19,6 +19,8 @@ from kshot.methods import atprompt  # noqa: F401
 from kshot.methods import kgcoop  # noqa: F401
 from kshot.methods import maple  # noqa: F401
 from kshot.methods import promptsrc  # noqa: F401
+from kshot.methods import atprompt_maple  # noqa: F401
+from kshot.methods import atprompt_promptsrc  # noqa: F401
 from kshot.methods import gda  # noqa: F401
 from kshot.methods import proker  # noqa: F401
 from kshot.methods import clap  # noqa: F401

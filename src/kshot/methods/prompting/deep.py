@@ -137,6 +137,10 @@ class DeepPromptMethod(Method):
     def _prepare(self, task: Task) -> None:
         """Fit-time state needed by `_loss` (PromptSRC's frozen-model features)."""
 
+    def attributes(self) -> tuple[str, ...]:
+        """ATPrompt attribute words of the text prompt (empty: plain MaPLe/PromptSRC prompts)."""
+        return tuple(self.config.attributes)
+
     def _loss(self, logits: torch.Tensor, y: torch.Tensor, text: torch.Tensor, image: torch.Tensor,
               images: torch.Tensor) -> torch.Tensor:
         """Per-sample losses [B] from logits [B, C], labels, normalised text [C, D] / image [B, D] features and the
@@ -176,10 +180,10 @@ class DeepPromptMethod(Method):
         pieces: list[Piece] = [Learned("ctx", n, 0, tuple(words))] + ([rest] if rest else []) + [CLASS, suffix]
         groups = [GroupSpec("ctx", n)]
         init: dict[str, Any] = {"ctx": ("words", words) if words else ("normal", 0.02)}
-        attrs = tuple(" ".join(a.split()) for a in c.attributes)
+        attrs = tuple(" ".join(a.split()) for a in self.attributes())
         if attrs:
             if any(not a for a in attrs):
-                raise ConfigError(f"{self.name}: attribute words must be non-empty, got {list(c.attributes)}")
+                raise ConfigError(f"{self.name}: attribute words must be non-empty, got {list(self.attributes())}")
             n_att = n if c.n_att is None else int(c.n_att)
             ids = [content_ids(tokenizer, a, what="attribute word") for a in attrs]
             names = [f"attr{i}" for i in range(len(ids))]
@@ -257,7 +261,7 @@ class DeepPromptMethod(Method):
         self.history_ = history
         self.meta_ = {"backbone": {"spec": bb.spec, "fingerprint": bb.fingerprint}, "epochs": int(c.epochs),
                       "steps": len(history), "final_loss": history[-1] if history else None,
-                      "deep_start": self.deep_start_}
+                      "deep_start": self.deep_start_, "attributes": list(self.attributes())}
         self.text_ = self._class_features(classnames)
         self.fitted_ = True
         return self
