@@ -154,3 +154,21 @@ def test_toy_world_prompt_learning_beats_zero_shot_on_base_classes(tmp_path, cap
     assert recs["atprompt"]["base_acc"] > zs + 0.15
     with capsys.disabled():
         print("\n" + b2n.markdown_table(list(recs.values())))
+
+
+def test_run_base2new_from_disk_with_image_trained_prompts(tmp_path):
+    """MaPLe/PromptSRC train on the pool images and are scored on their own prompted encoder's test features."""
+    from kshot.methods.prompting.cli import run_base2new
+    from kshot.toyworld.export import export_coop
+    from kshot.toyworld.generator import World, WorldSpec
+
+    split = World(WorldSpec(n_creatures=4)).make_split("Creatures", n_train=4, n_val=1, n_test=2)
+    export_coop(split, tmp_path / "toy")
+    fast = {"epochs": 1, "depth": 1}
+    res = run_base2new(tmp_path / "toy", methods=["kgcoop", "maple", "promptsrc"], backbone=make_toy_backbone(),
+                       shots=2, seeds=(1,), overrides={"kgcoop": {"epochs": 1}, "maple": fast,
+                                                       "promptsrc": {**fast, "depth_vision": 1}},
+                       out=tmp_path / "out", cache=tmp_path / "cache", device="cpu")
+    recs = {r["method"]: r for r in res["records"]}
+    assert set(recs) == {"kgcoop", "maple", "promptsrc"}
+    assert all(r["new_acc"] is not None and r["n_test_new"] > 0 for r in recs.values())

@@ -72,6 +72,10 @@ class Base2NewInputs:
         text_weights: [C, D] zero-shot classifier of all classes.
         logit_scale: CLIP temperature.
         backbone_spec: spec string for records (default: `backbone.spec`).
+        pool_images: indices into the pool -> their image `Dataset`, for methods that train through the image
+            encoder (`trains_encoders` has 'image': MaPLe, PromptSRC); None = such methods cannot run.
+        test_features_for: a (tuned) backbone -> the labelled test features of all classes through it (those methods
+            are scored on features of their own `tuned_backbone`).
     """
 
     name: str
@@ -83,6 +87,8 @@ class Base2NewInputs:
     text_weights: torch.Tensor | None
     logit_scale: float = 100.0
     backbone_spec: str = ""
+    pool_images: Callable[[np.ndarray], Any] | None = None
+    test_features_for: Callable[[Any], FeatureSet] | None = None
 
     @classmethod
     def from_features(cls, name: str, backbone: Any, pool: FeatureSet, test: FeatureSet, classnames: list[str],
@@ -154,12 +160,20 @@ def run_cell(inputs: Base2NewInputs, method: str, shots: int, seed: int, overrid
     m = create(method, **overrides)
     names = list(inputs.classnames)
     tw = inputs.text_weights
+    on_images = "image" in m.trains_encoders
+    if on_images and (inputs.pool_images is None or inputs.test_features_for is None):
+        raise DataError(f"{method} trains through the image encoder: the base-to-new inputs need the pool images "
+                        "(run it from a dataset on disk, `kshot eval --protocol base2new`)")
+    images = {"train": inputs.pool_images(shot_idx), "val": inputs.pool_images(val_idx)} if on_images else None
     task = build_task(m, inputs.pool_features(shot_idx), names[: len(base)], None if tw is None else tw[: len(base)],
                       val=inputs.pool_features(val_idx) if len(val_idx) else None, test=test_b,
-                      logit_scale=inputs.logit_scale, backbone=inputs.backbone, seed=seed)
+                      logit_scale=inputs.logit_scale, backbone=inputs.backbone, images=images, seed=seed)
     t0 = time.perf_counter()
     m.fit(task)
     fit_s = time.perf_counter() - t0
+    if on_images:  # scored on the features of its own prompted/tuned image encoder
+        tuned = inputs.test_features_for(m.tuned_backbone(inputs.backbone))
+        test_b, test_n = restrict(tuned, base), restrict(tuned, new)
     base_acc = _accuracy(m, test_b)
     moved = transfer(m, names[len(base):], None if tw is None else tw[len(base):])
     new_acc = None if moved is None else _accuracy(moved, test_n)

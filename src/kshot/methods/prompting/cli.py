@@ -126,7 +126,8 @@ def run_base2new(
         spec = PromptSpec(templates=[bench.template if bench else dataset_template(pool.name)])
     tw = build_text_classifier(bb, pool.classnames, spec, pool.class_domains)
     inputs = Base2NewInputs(pool.name, bb, labels, lambda idx: feats.subset([pos[int(i)] for i in idx]), test_fs,
-                            pool.classnames, tw, bb.logit_scale)
+                            pool.classnames, tw, bb.logit_scale, pool_images=lambda idx: pool.subset(idx),
+                            test_features_for=lambda tuned: store.get(tuned, test_ds, name=f"{pool.name}/test"))
     out = Path(out)
     records = run_protocol(inputs, Base2NewProtocol(names, ks, tuple(seeds), per),
                            ResultStore(out / "results_base2new.jsonl"), progress)
