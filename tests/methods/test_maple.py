@@ -137,6 +137,8 @@ def test_bad_input_is_named_before_training(world):
     long = list(task.classnames[:-1]) + [" ".join(["blue"] * 40)]
     with pytest.raises(DataError, match="class 'blue blue.*32"):
         create("maple", depth=3).fit(Task(train=task.train, classnames=long, backbone=bb, images=task.images))
+    with pytest.raises(ConfigError, match="text encoder's 32 tokens"):
+        create("maple", depth=3, n_ctx=40, ctx_init="").fit(task)
     with pytest.raises(ConfigError, match="images"):
         create("maple", depth=3).fit(Task(train=task.train, classnames=task.classnames, backbone=bb))
     image_only = type(bb)(bb.spec, bb.arch, bb.model, bb.preprocess, bb.preprocess_cfg, None, bb.embed_dim,

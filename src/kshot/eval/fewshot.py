@@ -120,4 +120,5 @@ def run_fewshot(inputs: FewShotInputs, protocol: FewShotProtocol, store: ResultS
 def cached_feature_methods(include_backbone: bool = False) -> list[str]:
     """Registered methods that run from cached features alone (no encoder in the loop); with `include_backbone`,
     also those that run the text tower (prompt learning)."""
-    return [e.name for e in METHODS if (include_backbone or not e.obj.needs_backbone) and not e.obj.selects_method]
+    return [e.name for e in METHODS if (include_backbone or not e.obj.needs_backbone) and not e.obj.selects_method
+            and "image" not in e.obj.trains_encoders]  # those train on the shot images, not on cached features
