@@ -68,7 +68,8 @@ def test_contract_shapes_determinism_round_trip_and_new_classes(toy, tmp_path):
 
 def test_weight_pulls_text_features_to_the_hand_crafted_ones(toy):
     task, _ = feature_task(toy, TOY_NAMES, k=4)
-    hand = F.normalize(toy.encode_text(toy.tokenize([f"a photo of a {n}." for n in TOY_NAMES])).float(), dim=-1)
+    with torch.no_grad():
+        hand = F.normalize(toy.encode_text(toy.tokenize([f"a photo of a {n}." for n in TOY_NAMES])).float(), dim=-1)
 
     def closeness(w):
         m = create("kgcoop", epochs=15, lr=0.05, weight=w, template="a photo of a {}.").fit(task)
