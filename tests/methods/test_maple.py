@@ -127,6 +127,10 @@ def test_contract_on_toy_world_images(world, tmp_path):
     assert loaded.for_classes(["cyan heart"]).logits(feats).shape == (len(test), 1)
     with pytest.raises(DataError, match="dimension"):
         a.logits(torch.zeros(2, 7))
+    from kshot.methods.prompting import explain
+
+    groups = explain(loaded, k=2)["groups"]
+    assert list(groups) == ["ctx", "text_layer1", "text_layer2"] and len(groups["text_layer2"]) == 2
 
 
 def test_bad_input_is_named_before_training(world):

@@ -306,6 +306,25 @@ class DeepPromptMethod(Method):
     def backbone_spec(self) -> str | None:
         return self.meta_.get("backbone", {}).get("spec")
 
+    # ---- interpretation (`kshot.methods.prompting.interpret.explain`) -----------------------------------------
+    @property
+    def vectors_(self) -> dict[str, torch.Tensor]:
+        """Learned text vectors: the input-layer groups (ctx, ATPrompt's attr*) and the deeper text prompts as
+        'text_layer{i}' (they replace the context in block i's input: residual-stream vectors, so their nearest
+        token embeddings are only indicative)."""
+        vec, deep, _ = self._split()
+        return {**vec, **{f"text_layer{i + 1}": d for i, d in enumerate(deep)}}
+
+    @property
+    def extra_meta_(self) -> dict[str, Any]:
+        return self.meta_
+
+    def _require_tower(self, what: str) -> TextTower:
+        if self.backbone_ is None:
+            raise ConfigError(f"{self.name}: {what} needs the backbone's text tower; call method.attach_backbone(...)"
+                              " or use kshot.methods.prompting.load_prompt_method(path)")
+        return TextTower(self.backbone_.model)
+
     def attach_backbone(self, backbone: Any, *, strict: bool = True) -> "DeepPromptMethod":
         """Use `backbone` (needed after `load` for `for_classes` and `tuned_backbone()`); fingerprint-checked."""
         self._check_model(backbone)

@@ -3,7 +3,8 @@
 As CoOp's `interpret_prompt.py` (and the ATPrompt seed's `interpret_prompts/`): Euclidean distance between a learned
 context vector and every row of the frozen token-embedding table, smallest first. Learned vectors usually sit far
 from any word, so the distances are part of the answer. For ATPrompt the chosen attributes (and the search weights,
-when the attributes were searched) are reported too.
+when the attributes were searched) are reported too. For the deep methods (MaPLe, PromptSRC) the deeper text prompts
+are reported per layer ('text_layer{i}'); they live in the residual stream, so their nearest words are indicative only.
 """
 
 from __future__ import annotations
