@@ -9,11 +9,20 @@ flip in the re-encoding arm. The cached arm pays extraction once (reported separ
     python benchmarks/prompts.py --backbone open_clip:ViT-B-16@random --classes 50 --shots 16 --device cuda
 
 Prints seconds per epoch for both arms and their ratio (medians over the timed epochs, after one warm-up epoch).
+
+    python benchmarks/prompts.py --deep maple,promptsrc --backbone open_clip:ViT-B-16@random --classes 50
+    python benchmarks/prompts.py --deep maple,promptsrc,kgcoop ... --grad-checkpointing   # (kgcoop: text side only)
+
+`--deep` instead times training steps of the image-side prompt methods (MaPLe, PromptSRC and their ATPrompt variants)
+at their official batch size (4) and default depths: forward through both prompted towers, the method's loss,
+backward, SGD step (iterations/s, median over the timed steps after one warm-up), and peak memory (CUDA: max
+allocated; CPU: the process's peak RSS, which includes the model itself).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -85,6 +94,53 @@ def run_epochs(bb, learner, get_features, labels, epochs: int, batch_size: int, 
     return times
 
 
+def run_deep(bb, names: list[str], methods: list[str], steps: int, device: torch.device, grad_ckpt: bool,
+             depth: int = 0) -> None:
+    """Iterations/s and peak memory of deep-prompt training steps (see the module docstring)."""
+    import resource
+
+    from kshot.methods import METHODS, Task, create
+    from kshot.methods.prompting import frozen
+    from kshot.methods.prompting.train import amp_context
+
+    size = bb.preprocess_cfg.image_size
+    gen = torch.Generator().manual_seed(0)
+    for name in methods:
+        fields = {f.name for f in dataclasses.fields(METHODS.get(name).config_cls)}
+        m = create(name, **({k: depth for k in ("depth", "depth_vision") if k in fields} if depth else {}))
+        m.backbone_ = bb
+        tower, image = m._check_model(bb)
+        learner = m._learner(tower, names, m._initial_vectors(tower, gen))
+        params = m._build(tower, image, gen).to(device)
+        m._prepare(Task(train=None, classnames=names, backbone=bb, logit_scale=bb.logit_scale))
+        batch = int(m.config.batch_size)
+        opt = torch.optim.SGD(list(learner.parameters()) + list(params.parameters()), lr=1e-3, momentum=0.9)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        bb.model.set_grad_checkpointing(grad_ckpt)
+        times = []
+        with frozen(bb.model):
+            for _ in range(steps + 1):
+                x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+                y = torch.randint(0, len(names), (batch,), generator=gen).to(device)
+                t0 = time.perf_counter()
+                with amp_context(device, True):
+                    loss = m.batch_loss(learner, params, image, x, y, bb.logit_scale).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+        bb.model.set_grad_checkpointing(False)
+        it_s = 1.0 / statistics.median(times[1:])
+        if device.type == "cuda":
+            peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA max allocated)"
+        else:
+            peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process peak RSS)"
+        print(f"{name:>20}: batch {batch}, depth {m.config.depth}: {it_s:.3f} it/s, peak {peak}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="toy:clip")
@@ -95,10 +151,20 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4, help="timed epochs per arm (plus one warm-up)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--deep", default="", help="comma-separated deep prompt methods to time instead (maple, ...)")
+    ap.add_argument("--steps", type=int, default=3, help="--deep: timed steps per method (plus one warm-up)")
+    ap.add_argument("--grad-checkpointing", action="store_true", help="--deep: recompute block activations")
+    ap.add_argument("--depth", type=int, default=0, help="--deep: prompt depth (0 = official; toy CLIP: 3)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     bb = load(args.backbone, args.device)
+    if args.deep:
+        dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({args.threads} thread(s))"
+        print(f"backbone {bb.spec}  device {dev}  {args.classes} classes")
+        run_deep(bb, [f"class {i}" for i in range(args.classes)], args.deep.split(","), args.steps, device,
+                 args.grad_checkpointing, args.depth)
+        return
     size = bb.preprocess_cfg.image_size
     gen = torch.Generator().manual_seed(0)
     n = args.classes * args.shots
