@@ -150,3 +150,21 @@ def test_bad_input_is_named_before_training(world):
     with pytest.raises(ConfigError, match="text tower"):
         create("maple", depth=3).fit(Task(train=task.train, classnames=task.classnames, backbone=image_only,
                                           images=task.images))
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny):
+    names = ["red star", "blue circle"]
+    x, y = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 1])
+    out = []
+    for ckpt in (False, True):
+        m = create("maple", depth=3)
+        learner, params, image = _internals(m, tiny, names)
+        tiny.model.set_grad_checkpointing(ckpt)
+        try:
+            loss = m.batch_loss(learner, params, image, x, y, 20.0).mean()
+            loss.backward()
+        finally:
+            tiny.model.set_grad_checkpointing(False)
+        out.append((loss.detach(), learner.vectors["ctx"].grad.clone(), params.deep_text[1].grad.clone()))
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b)
