@@ -64,6 +64,19 @@ def _torchrun() -> str | None:
 
 @pytest.mark.skipif(_torchrun() is None or not torch.distributed.is_gloo_available(),
                     reason="needs torchrun and the gloo backend")
+def test_dassl_schedule_is_per_epoch_warmup_then_cosine() -> None:
+    import math
+
+    from kshot.methods.prompting.train import Schedule, dassl_lr
+
+    # 10 shots, batch 4 -> 2 steps per epoch; 5 epochs = 10 iterations
+    cfg = EngineConfig(iters=10, batch_size=4, lr=0.0035, schedule="dassl", warmup_epochs=1, warmup_lr=1e-5)
+    lrs = [cosine_lr(cfg, t, 10) for t in range(10)]
+    ref = Schedule(epochs=5, lr=0.0035, warmup_epochs=1, warmup_lr=1e-5)
+    assert lrs == [dassl_lr(ref, t // 2) for t in range(10)]  # the text-side learners' schedule, per step
+    assert lrs[0] == 1e-5 and lrs[2] == 0.0035 and lrs[9] == pytest.approx(0.5 * 0.0035 * (1 + math.cos(math.pi * 3 / 5)))
+
+
 def test_ddp_two_ranks_equals_one_process(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
