@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from kshot.errors import ConfigError
 from kshot.methods import Task, create, load
 from kshot.methods.promptsrc import gpa_weights
-from tests.methods.test_clip_lora import _features, _task, _world
+from tests.methods.test_clip_lora import _features, _task
 from tests.methods.test_maple import _internals, tiny, world  # noqa: F401  (fixtures)
 
 

@@ -140,7 +140,7 @@ def run_base2new(
 
 @app.command()
 def explain(
-    artifact: Path = typer.Argument(..., help="Folder written by `kshot fit` for a prompt method (coop ... promptsrc)."),
+    artifact: Path = typer.Argument(..., help="`kshot fit` folder of a prompt method."),
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Backbone spec (default: the artifact's)."),
     topk: int = typer.Option(5, "--topk", "-k", help="Nearest vocabulary words per learned vector."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the explanation as JSON."),
