@@ -82,6 +82,7 @@ class ClipLora(Method):
     config_cls = ClipLoraConfig
     needs_backbone: ClassVar[bool] = True
     trains_encoders: ClassVar[tuple[str, ...]] = ("image", "text")
+    cv_tunes: ClassVar[bool | None] = False  # the last iterate is kept: nothing is chosen on validation data
 
     def fit(self, task: Task) -> "ClipLora":
         c = self.config
@@ -132,9 +133,10 @@ class ClipLora(Method):
         self.classnames_, self.scale_, self.dim_ = list(task.classnames), scale, int(self.text_.shape[1])
         self.scaling_ = c.alpha / c.rank ** 0.5
         self.history_ = history
+        n_adapter = sum(p.numel() for p in params)
         self.meta_ = {"backbone": {"spec": bb.spec, "fingerprint": bb.fingerprint}, "iters": engine.iters,
                       "final_loss": history[-1] if history else None, "layers": len(paths),
-                      "adapter_params": sum(p.numel() for p in params)}
+                      "adapter_params": n_adapter, "trainable_params": n_adapter}
         self.base_ = None
         self.fitted_ = True
         return self

@@ -11,7 +11,12 @@ ranking becomes `result.txt`. Stage kinds (key `type`):
 | `specialist` | an image model fine-tuned on one group's shots (seed 004: dogs) | `SpecialistConfig` |
 
 A stage may only refer to stages defined before it (so there are no cycles). Class groups are strings parsed by
-`kshot.pipelines.groups` ("all", "seen", "unseen", "domain:Thu-dog", "ids:244-373")."""
+`kshot.pipelines.groups` ("all", "seen", "unseen", "domain:Thu-dog", "ids:244-373").
+
+A `method` stage whose method trains the image encoder (`Method.trains_encoders` holds 'image': `clip_lora`) fits on
+the shot images and leaves a *tuned backbone*: a later method stage may name that stage as its `backbone`, so its
+features and text classifier come from the tuned encoders (the 2024 winning recipe: CLIP-LoRA, then a Tip-Adapter
+cache on the tuned features; `configs/pipelines/clip_lora_tip.yaml`)."""
 
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from kshot.errors import ConfigError
-from kshot.methods import create
+from kshot.methods import METHODS, create
 from kshot.pipelines.groups import parse_group
 from kshot.text.templates import DEFAULT_TEMPLATE
 
@@ -65,7 +70,8 @@ class MethodStageConfig:
 
     Attributes:
         method: registry name (`kshot methods`).
-        backbone: alias from the pipeline's `backbones`.
+        backbone: alias from the pipeline's `backbones`, or the name of an earlier stage whose method trains the
+            image encoder (its tuned backbone).
         classes: class group the method scores (e.g. "seen" for a probe that needs shots, "all" for InMaP).
         params: config overrides of the method (its config dataclass names the fields).
         prompts: text prompts; None = the pipeline's `prompts`.
@@ -296,11 +302,20 @@ def validate(cfg: PipelineConfig) -> None:
         refs: list[str] = []
         if isinstance(st, MethodStageConfig):
             if st.backbone not in cfg.backbones:
-                raise ConfigError(f"{here}: unknown backbone alias {st.backbone!r}; defined: {list(cfg.backbones)}")
+                tuners = [n for n in defined if tunes_image_encoder(cfg.stages[n])]
+                if st.backbone not in tuners:
+                    raise ConfigError(f"{here}: unknown backbone alias {st.backbone!r}; defined: {list(cfg.backbones)}"
+                                      + (f", or the tuned backbone of an earlier stage: {tuners}" if tuners else ""))
             parse_group(st.classes, here)
             _validate_method(st, here)
             if (st.augment == "none") != (st.views == 0):
                 raise ConfigError(f"{here}: augment 'none' takes views: 0, any other policy views >= 1")
+            if tunes_image_encoder(st) and name in cfg.backbones:
+                raise ConfigError(f"{here}: its tuned backbone would share the name of backbone {name!r}; rename "
+                                  "the stage")
+            if METHODS.get(st.method).trains_encoders and st.views:
+                raise ConfigError(f"{here}: {st.method} trains on the shot images (its own augmentation); "
+                                  "cached views do not apply (augment: none, views: 0)")
         elif isinstance(st, EnsembleStageConfig):
             if not st.members:
                 raise ConfigError(f"{here}: an ensemble needs members")
@@ -322,6 +337,23 @@ def validate(cfg: PipelineConfig) -> None:
         defined.append(name)
     if cfg.output not in cfg.stages:
         raise ConfigError(f"{where}: output {cfg.output!r} is not a stage; stages: {list(cfg.stages)}")
+
+
+def tunes_image_encoder(st: StageConfig) -> bool:
+    """True for a method stage whose method trains the image encoder (later stages may use its tuned backbone)."""
+    return (isinstance(st, MethodStageConfig) and st.method in METHODS
+            and "image" in METHODS.get(st.method).trains_encoders)
+
+
+def root_backbone(cfg: PipelineConfig, alias: str) -> str:
+    """The `backbones` alias a stage's backbone derives from (itself for a pipeline backbone; for a tuned
+    backbone, the alias the tuning stage started from)."""
+    seen = set()
+    while alias not in cfg.backbones and alias in cfg.stages and alias not in seen:
+        seen.add(alias)
+        st = cfg.stages[alias]
+        alias = st.backbone if isinstance(st, MethodStageConfig) else alias
+    return alias
 
 
 def _validate_method(st: MethodStageConfig, where: str) -> None:

@@ -37,6 +37,8 @@ from kshot.pipelines.config import (
     MethodStageConfig,
     PipelineConfig,
     SpecialistConfig,
+    root_backbone,
+    tunes_image_encoder,
 )
 from kshot.pipelines.configfile import config_to_dict, load_config
 from kshot.pipelines.groups import ClassInfo
@@ -222,11 +224,12 @@ def extract_features(ws: Workspace, records: list[dict[str, Any]]) -> None:
     """Extract (or load from cache) every feature the method stages will read, timed per backbone."""
     needs: dict[str, set] = {}
     for st in ws.config.stages.values():
-        if isinstance(st, MethodStageConfig):
+        if isinstance(st, MethodStageConfig) and st.backbone in ws.config.backbones:  # tuned ones: when they exist
             n = needs.setdefault(st.backbone, set())
             n.add(("shots", st.augment, st.views))
-            n.add(("estimate",))
-            n.add(("test",))
+            if not tunes_image_encoder(st):  # a tuning stage scores its tuned backbone's features, not these
+                n.add(("estimate",))
+                n.add(("test",))
     for alias, items in needs.items():
         rec: dict[str, Any] = {"name": f"features:{alias}", "kind": "features", "backbone": ws.spec_of(alias)}
         with measure(rec, "fit"):
@@ -247,7 +250,9 @@ def text_uses(cfg: PipelineConfig, stages: Mapping[str, Stage]) -> dict[str, set
     for st in stages.values():
         if isinstance(st, MethodStage) and st.method_cls.needs_text:
             prompts = (st.cfg.prompts or cfg.prompts).key()
-            uses.setdefault(st.cfg.backbone, set()).add((tuple(st.classes.tolist()), prompts))
+            # a stage that tuned the text tower predicts with the tuned tower's classifier (CLIP-LoRA)
+            alias = st.features_alias if "text" in st.method_cls.trains_encoders else st.cfg.backbone
+            uses.setdefault(alias, set()).add((tuple(st.classes.tolist()), prompts))
         if isinstance(st, SpecialistStage) and st.cfg.head_init == "text":
             uses.setdefault(st.cfg.model, set()).add((tuple(st.classes.tolist()), cfg.prompts.key()))
     return uses
@@ -371,11 +376,14 @@ def build_report(cfg: PipelineConfig, ws: Workspace, stages: Mapping[str, Stage]
 
 def _pretrained_components(ws: Workspace, stages: Mapping[str, Stage]) -> dict[str, Backbone]:
     """Backbones used as loaded at prediction time: those of method stages and of specialists whose encoder was not
-    fine-tuned (a fine-tuned copy is counted by its stage instead)."""
+    fine-tuned (a fine-tuned copy is counted by its stage instead). A stage's tuned backbone (CLIP-LoRA) counts as
+    the backbone it was tuned from; its adapters are counted by the tuning stage."""
     used: dict[str, Backbone] = {}
     for st in stages.values():
         if isinstance(st, MethodStage):
-            used[st.cfg.backbone] = ws.backbone(st.cfg.backbone)
+            root = root_backbone(ws.config, st.cfg.backbone)
+            used.setdefault(root, ws.backbone(root))
+            used[st.cfg.backbone] = ws.backbone(root)
         elif isinstance(st, SpecialistStage) and not st.tuned:
             used[st.cfg.model] = ws.backbone(st.cfg.model)
     return used

@@ -86,7 +86,12 @@ class Stage(ABC):
 
 
 class MethodStage(Stage):
-    """A registered method on one backbone's features, over a class group (see `MethodStageConfig`)."""
+    """A registered method on one backbone's features, over a class group (see `MethodStageConfig`).
+
+    A method that trains through the encoders (`trains_encoders`, CLIP-LoRA) also gets the backbone and the shot
+    images; when it trains the image encoder, its tuned backbone is registered in the workspace under the stage's
+    name (later stages may use it as their `backbone`) and this stage scores that backbone's features.
+    """
 
     kind = "method"
 
@@ -97,6 +102,7 @@ class MethodStage(Stage):
             raise ConfigError(f"stage {name!r}: unknown method {cfg.method!r}; registered: {METHODS.names()}")
         self.method_cls = METHODS.get(cfg.method)
         self.method: Method | None = None
+        self.features_alias = cfg.backbone  # whose features `scores` reads (the tuned backbone's, after tuning)
 
     def fit(self, ws: Workspace, stages: Mapping[str, Stage]) -> None:
         cfg, info = self.cfg, ws.data.info
@@ -110,11 +116,13 @@ class MethodStage(Stage):
             raise ConfigError(f"stage {self.name!r}: method {cfg.method!r} needs a CLIP backbone with a text tower; "
                               f"{bb.spec!r} has none")
         dev = ws.device
+        trains = self.method_cls.trains_encoders
         task = build_task(
             self.method_cls, shots.to(dev), [ws.data.classnames[c] for c in self.classes],
             None if text is None else text[torch.as_tensor(self.classes)].to(dev),
             test=ws.test_features(cfg.backbone).to(dev) if self.method_cls.transductive else None,  # extract lazily
-            logit_scale=float(bb.logit_scale), seed=ws.config.seed if cfg.seed is None else cfg.seed)
+            logit_scale=float(bb.logit_scale), seed=ws.config.seed if cfg.seed is None else cfg.seed,
+            backbone=bb, images={"train": ws.shot_images(shots)} if trains else None)
         params = dict(cfg.params)
         tuning = "defaults"
         if ws.tune_on_pool:
@@ -128,13 +136,18 @@ class MethodStage(Stage):
             self.record["cv_folds"] = outcome.fold_meta
         start = time.perf_counter()
         self.method = create(cfg.method, **params).fit(task)
+        if "image" in trains:
+            tuned = self.method.tuned_backbone(bb)
+            ws.add_backbone(self.name, tuned)
+            self.features_alias = self.name
+            self.record["tuned_backbone"] = tuned.spec
         self.record.update(method=cfg.method, backbone=cfg.backbone, n_classes=len(self.classes),
                            n_shots=len(shots), tuning=tuning, overrides=_jsonable(params),
                            chosen=_jsonable(_chosen(self.method.fitted_meta())),
                            final_fit_s=round(time.perf_counter() - start, 3))
 
     def _scores(self, split: str, rows: np.ndarray | None) -> torch.Tensor:
-        feats = self._ws.split_features(self.cfg.backbone, split).features
+        feats = self._ws.split_features(self.features_alias, split).features
         if rows is not None:
             feats = feats[torch.as_tensor(rows)]
         dev = self._ws.device

@@ -122,7 +122,23 @@ class Workspace:
         self.loaded.setdefault(spec, bb)
         return bb
 
+    def add_backbone(self, alias: str, backbone: Backbone) -> None:
+        """Register a backbone made during the run (a stage's tuned encoders) under `alias`."""
+        if alias in self.config.backbones:
+            raise ConfigError(f"stage {alias!r} has the name of a pipeline backbone; rename the stage")
+        self.loaded[alias] = backbone
+
     # ------------------------------------------------------------------------------------------------- features
+    def shot_images(self, shots: FeatureSet) -> Dataset:
+        """The shot image files of the rows of `shots` (a FeatureSet of shots, e.g. after `local_labels`), aligned
+        with them: for methods that train on the images themselves."""
+        ds = self.data.pool.subset(self.data.shots)
+        pos = {it.path: i for i, it in enumerate(ds.items)}
+        missing = [p for p in shots.paths if p not in pos]
+        if missing:
+            raise DataError(f"shot features name {len(missing)} images that are not shots, e.g. {missing[0]}")
+        return ds.subset([pos[p] for p in shots.paths])
+
     def shot_features(self, alias: str, policy: AugmentPolicy | None = None) -> FeatureSet:
         """Features of the shots (global labels), with `policy.views` augmented views (None = no views)."""
         policy = policy or AugmentPolicy()
