@@ -112,7 +112,7 @@ def extract(
     Several GPUs or nodes: `torchrun --nproc-per-node N -m kshot extract DATA ...` (the cache folder shared by all
     nodes). A re-run after a crash computes only the missing parts.
     """
-    from kshot.data.sources import load_dataset
+    from kshot.data.coop_source import load_any
     from kshot.features import AugmentPolicy
     from kshot.features.distributed import process_group, rank_device, shard_from_env
 
@@ -128,7 +128,7 @@ def extract(
     policy = AugmentPolicy(augment, views) if views else AugmentPolicy()
     rank = "" if shard is None else f"rank {shard.rank}/{shard.world}: "
     with process_group(shard, dev or "cpu"):
-        ds = load_dataset(data, layout=layout, split=split)
+        ds = load_any(data, layout=layout, split=split)
         bb = _load_backbone(backbone, dev)
         store = _store(cache, dev, batch_size, workers, chunk=chunk, progress=shard is None or shard.rank == 0,
                        **options)
@@ -165,13 +165,13 @@ def fit(
 ) -> None:
     """Fit a method on K shots per class (validation split drawn from the rest of the pool) and save it."""
     from kshot import experiment as ex
+    from kshot.data.coop_source import load_any
     from kshot.data.fewshot import write_shots_file
-    from kshot.data.sources import load_dataset
     from kshot.features import AugmentPolicy
     from kshot.methods import create
 
     m = create(method, **ex.parse_overrides(overrides or [], method))
-    pool = load_dataset(data, layout=layout, split=split)
+    pool = load_any(data, layout=layout, split=split)
     sel = ex.select_shots(pool, shots, seed, shots_file=shots_file)
     bb = _load_backbone(backbone, device)
     store = _store(cache, device)

@@ -44,6 +44,10 @@ def test_prepare_check_eval_one_shot(name, counts, tmp_path, monkeypatch):
                             "-o", str(tmp_path / "ev"), "--cache", str(tmp_path / "cache")]))
     rec = json.loads((tmp_path / "ev" / "results.jsonl").read_text().splitlines()[0])
     assert rec["dataset"] == name and 0.0 <= rec["top1"] <= 1.0
+    # fit and extract read the folder through the same definition (no split file for these two)
+    _ok(runner.invoke(app, ["fit", str(data / e.folder), "-m", "tip_adapter", "-k", "1", "-o", str(tmp_path / "fit"),
+                            "--cache", str(tmp_path / "cache")]))
+    _ok(runner.invoke(app, ["extract", str(data / e.folder), "--split", "test", "--cache", str(tmp_path / "cache")]))
 
 
 def test_check_failure_exits_with_the_problem(tmp_path, monkeypatch):
