@@ -607,7 +607,7 @@ SUBCOMMANDS = {
     "continual": ("kshot.continual.cli", "PackNet and continual-learning baselines: run, eval, report."),
     "prompts": ("kshot.methods.prompting.cli", "Prompt-learning artifacts: explain learned context vectors."),
     "challenge": ("kshot.pipelines.cli", "The Jittor challenge pipelines end to end."),
-    "bench": ("kshot.eval.bench_cli", "The few-shot paper table over several datasets (toy, coop11, folders)."),
+    "bench": ("kshot.eval.cli", "The few-shot paper table over several datasets (toy, coop11, folders)."),
     "data": ("kshot.data.cli", "The CoOp benchmark datasets: list, prepare from the official archives, check."),
     "lora": ("kshot.tuning.cli", "LoRA adapters of fitted runs: merge them into a plain backbone checkpoint."),
 }
