@@ -112,7 +112,7 @@ def extract(
     Several GPUs or nodes: `torchrun --nproc-per-node N -m kshot extract DATA ...` (the cache folder shared by all
     nodes). A re-run after a crash computes only the missing parts.
     """
-    from kshot.data.sources import load_dataset
+    from kshot.data.coop_source import load_any
     from kshot.features import AugmentPolicy
     from kshot.features.distributed import process_group, rank_device, shard_from_env
 
@@ -128,7 +128,7 @@ def extract(
     policy = AugmentPolicy(augment, views) if views else AugmentPolicy()
     rank = "" if shard is None else f"rank {shard.rank}/{shard.world}: "
     with process_group(shard, dev or "cpu"):
-        ds = load_dataset(data, layout=layout, split=split)
+        ds = load_any(data, layout=layout, split=split)
         bb = _load_backbone(backbone, dev)
         store = _store(cache, dev, batch_size, workers, chunk=chunk, progress=shard is None or shard.rank == 0,
                        **options)
@@ -165,13 +165,13 @@ def fit(
 ) -> None:
     """Fit a method on K shots per class (validation split drawn from the rest of the pool) and save it."""
     from kshot import experiment as ex
+    from kshot.data.coop_source import load_any
     from kshot.data.fewshot import write_shots_file
-    from kshot.data.sources import load_dataset
     from kshot.features import AugmentPolicy
     from kshot.methods import create
 
     m = create(method, **ex.parse_overrides(overrides or [], method))
-    pool = load_dataset(data, layout=layout, split=split)
+    pool = load_any(data, layout=layout, split=split)
     sel = ex.select_shots(pool, shots, seed, shots_file=shots_file)
     bb = _load_backbone(backbone, device)
     store = _store(cache, device)
@@ -423,6 +423,9 @@ def eval_(
     if protocol == "base2new":
         from kshot.methods.prompting.cli import run_base2new
 
+        if not data.exists() and "," in str(data):
+            raise KshotError("--protocol base2new takes one dataset per call; run it once per dataset")
+
         res = run_base2new(data, methods=names, backbone=backbone, shots=shot_list, seeds=seed_list, test=test,
                            layout=layout, train_split=train_split, test_split=test_split, templates=templates,
                            prompts=prompts, overrides=per_method, preset=preset, views=views, out=out, cache=cache,
@@ -431,28 +434,47 @@ def eval_(
         console.print(f"results in {out}")
         return
     proto = FewShotProtocol(names, tuple(shot_list), seed_list, per_method, k_val=0 if no_val else None)
-    pool = load_any(data, layout=layout, split=train_split)
-    if holdout is not None:
-        from kshot.data.holdout import split_holdout
-
-        if test is not None:
-            raise KshotError("--holdout draws the test split from DATA: pass it or --test, not both")
-        pool, test_ds = split_holdout(pool, holdout, holdout_seed)
-        console.print(f"hold-out: {len(test_ds)} of {len(pool) + len(test_ds)} images ({100 * holdout:.0f} % of each "
-                      f"class, seed {holdout_seed}) are the test split")
-    else:
-        test_ds = _eval_test_split(data, test, layout, test_split)
+    paths = _eval_datasets(data, several=test is not None or holdout is not None)
     bb = _load_backbone(backbone, device)
     store = _store(cache, device)
-    spec = ex.prompt_spec_for(pool, templates, prompts)
-    inputs = FewShotInputs(pool.name, bb.spec, store.get(bb, pool, name="pool"), store.get(bb, test_ds, name="test"),
-                           pool.classnames, ex.text_weights_for(bb, pool, spec), bb.logit_scale)
-    records = run_fewshot(inputs, proto, ResultStore(out / "results.jsonl"), progress=console.print)
-    table = markdown_table(records)
-    (out / f"{pool.name}_table.md").write_text(table)
-    plot_curves(records, out / f"{pool.name}_curves.png", f"{pool.name} — {bb.spec}")
-    Console().print(table)
+    results = ResultStore(out / "results.jsonl")
+    for path in paths:
+        pool = load_any(path, layout=layout, split=train_split)
+        if holdout is not None:
+            from kshot.data.holdout import split_holdout
+
+            if test is not None:
+                raise KshotError("--holdout draws the test split from DATA: pass it or --test, not both")
+            pool, test_ds = split_holdout(pool, holdout, holdout_seed)
+            console.print(f"hold-out: {len(test_ds)} of {len(pool) + len(test_ds)} images ({100 * holdout:.0f} % of "
+                          f"each class, seed {holdout_seed}) are the test split")
+        else:
+            test_ds = _eval_test_split(path, test, layout, test_split)
+        spec = ex.prompt_spec_for(pool, templates, prompts)
+        inputs = FewShotInputs(pool.name, bb.spec, store.get(bb, pool, name="pool"),
+                               store.get(bb, test_ds, name="test"), pool.classnames,
+                               ex.text_weights_for(bb, pool, spec), bb.logit_scale)
+        records = run_fewshot(inputs, proto, results, progress=console.print)
+        table = markdown_table(records)
+        (out / f"{pool.name}_table.md").write_text(table)
+        plot_curves(records, out / f"{pool.name}_curves.png", f"{pool.name} — {bb.spec}")
+        Console().print(table)
     console.print(f"results in {out}")
+
+
+def _eval_datasets(data: Path, several: bool) -> list[Path]:
+    """DATA, or the datasets of 'DATA/a,DATA/b' (a path that does not exist and holds commas), each checked."""
+    from kshot.errors import DataError
+
+    if data.exists() or "," not in str(data):
+        return [data]
+    paths = [Path(p.strip()) for p in str(data).split(",") if p.strip()]
+    if several and len(paths) > 1:
+        raise KshotError("--test / --holdout apply to one dataset: pass one DATA, or several without them")
+    for p in paths:
+        if not p.exists():
+            raise DataError(f"dataset path not found: {p} (in the comma-separated list {data})")
+    return paths
 
 
 def _eval_test_split(data: Path, test: Optional[Path], layout: str, test_split: str):
@@ -585,7 +607,7 @@ SUBCOMMANDS = {
     "continual": ("kshot.continual.cli", "PackNet and continual-learning baselines: run, eval, report."),
     "prompts": ("kshot.methods.prompting.cli", "Prompt-learning artifacts: explain learned context vectors."),
     "challenge": ("kshot.pipelines.cli", "The Jittor challenge pipelines end to end."),
-    "bench": ("kshot.eval.bench_cli", "The few-shot paper table over several datasets (toy, coop11, folders)."),
+    "bench": ("kshot.eval.cli", "The few-shot paper table over several datasets (toy, coop11, folders)."),
     "data": ("kshot.data.cli", "The CoOp benchmark datasets: list, prepare from the official archives, check."),
     "lora": ("kshot.tuning.cli", "LoRA adapters of fitted runs: merge them into a plain backbone checkpoint."),
 }

@@ -44,6 +44,10 @@ def test_prepare_check_eval_one_shot(name, counts, tmp_path, monkeypatch):
                             "-o", str(tmp_path / "ev"), "--cache", str(tmp_path / "cache")]))
     rec = json.loads((tmp_path / "ev" / "results.jsonl").read_text().splitlines()[0])
     assert rec["dataset"] == name and 0.0 <= rec["top1"] <= 1.0
+    # fit and extract read the folder through the same definition (no split file for these two)
+    _ok(runner.invoke(app, ["fit", str(data / e.folder), "-m", "tip_adapter", "-k", "1", "-o", str(tmp_path / "fit"),
+                            "--cache", str(tmp_path / "cache")]))
+    _ok(runner.invoke(app, ["extract", str(data / e.folder), "--split", "test", "--cache", str(tmp_path / "cache")]))
 
 
 def test_check_failure_exits_with_the_problem(tmp_path, monkeypatch):
@@ -58,3 +62,19 @@ def test_check_failure_exits_with_the_problem(tmp_path, monkeypatch):
     assert "missing, under Forest" in " ".join(r.output.split())
     r = runner.invoke(app, ["eval", str(data), "--methods", "tip_adapter", "--shots", "1", "--seeds", "1"])
     assert isinstance(r.exception, DataError) and "folder of datasets" in str(r.exception)
+
+
+def test_eval_takes_several_comma_separated_datasets(tmp_path):
+    from kshot.toyworld.export import export_world
+    from kshot.toyworld.generator import World
+
+    for name, seed in (("pets", 0), ("sat", 1)):
+        export_world(World(), "imagefolder", tmp_path / name, n_train=2, n_val=1, n_test=2, seed=seed)
+    both = f"{tmp_path / 'pets'},{tmp_path / 'sat'}"
+    _ok(runner.invoke(app, ["eval", both, "--methods", "tip_adapter", "--shots", "1", "--seeds", "1",
+                            "-o", str(tmp_path / "ev"), "--cache", str(tmp_path / "cache")]))
+    recs = [json.loads(x) for x in (tmp_path / "ev" / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["dataset"] for r in recs) == ["pets", "sat"]
+    assert (tmp_path / "ev" / "pets_table.md").is_file() and (tmp_path / "ev" / "sat_table.md").is_file()
+    r = runner.invoke(app, ["eval", f"{tmp_path / 'pets'},{tmp_path / 'nope'}", "--methods", "tip_adapter"])
+    assert isinstance(r.exception, DataError) and "nope" in str(r.exception) and "comma-separated" in str(r.exception)

@@ -14,9 +14,9 @@ from kshot.cli import app
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def _toy_commands() -> list[list[str]]:
+def _toy_commands(tag: str = "paper-table-toy") -> list[list[str]]:
     text = README.read_text()
-    block = re.search(r"<!-- paper-table-toy -->\n```bash\n(.*?)```", text, re.S)
+    block = re.search(rf"<!-- {tag} -->\n```bash\n(.*?)```", text, re.S)
     assert block, "README lost its paper-table-toy block"
     return [shlex.split(line)[1:] for line in block.group(1).splitlines() if line.startswith("kshot ")]
 
@@ -38,3 +38,13 @@ def test_readme_paper_table_commands_run_on_the_toy_world(tmp_path, monkeypatch)
     assert all(r["average"] is not None and r["published"] is None for r in table["rows"])
     for name in ("table.md", "table.csv", "table.tex", "toy_curves.png"):
         assert (out / name).stat().st_size > 0
+
+
+def test_readme_base2new_table_command_runs_on_the_toy_world(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KSHOT_CACHE", str(tmp_path / "cache"))
+    (args,) = _toy_commands("paper-table-toy-base2new")
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    table = (tmp_path / "runs" / "paper-toy-b2n" / "table_base2new.md").read_text()
+    assert "| base | new | HM |" in table and "| toy | zeroshot |" in table and "| toy | coop |" in table

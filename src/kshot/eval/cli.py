@@ -21,7 +21,10 @@ from kshot.data.coop_source import load_any
 from kshot.errors import ConfigError
 from kshot.eval.fewshot import FewShotInputs, FewShotProtocol, ResultStore, run_fewshot
 from kshot.eval.paper import paper_rows, write_tables
+from kshot.eval.base2new import DEFAULT_METHODS as BASE2NEW_METHODS
+from kshot.eval.base2new import markdown_table as base2new_table
 from kshot.eval.report import plot_curves
+from kshot.methods.prompting.cli import run_base2new
 from kshot.features import FeatureStore, default_cache_dir
 from kshot.toyworld.export import export_world
 from kshot.toyworld.generator import World
@@ -55,19 +58,38 @@ def dataset_paths(datasets: str, root: Optional[Path], out: Path) -> list[Path]:
 def bench(
     datasets: str = typer.Option(..., help="toy | coop11 | comma-separated dataset folders (names under --root)."),
     root: Optional[Path] = typer.Option(None, help="$DATA folder for coop11 and for bare dataset names."),
-    method_names: str = typer.Option("tip_adapter,lpp", "--methods", help="Comma-separated method names."),
-    shots: str = typer.Option("1,2,4,8,16", help="Comma-separated K values."),
+    protocol: str = typer.Option("fewshot", help="fewshot | base2new (CoOp's base-to-new: base / new / HM)."),
+    method_names: Optional[str] = typer.Option(None, "--methods", help="Comma-separated method names (default "
+                                               "tip_adapter,lpp; base2new: zeroshot,coop,atprompt)."),
+    shots: Optional[str] = typer.Option(None, help="Comma-separated K values (default 1,2,4,8,16; base2new: 16)."),
     seeds: str = typer.Option("1,2,3", help="Comma-separated seeds."),
     backbone: str = typer.Option("toy:clip", "--backbone", "-b", help="Backbone spec (as in `kshot eval`)."),
     out: Path = typer.Option(Path("kshot-out/bench"), "--out", "-o", help="Results folder (results.jsonl, tables)."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder (default $KSHOT_CACHE)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: CUDA when available)."),
 ) -> None:
-    """Run methods x shots x seeds on every dataset and write table.md/.csv/.json/.tex with the published column."""
-    proto = FewShotProtocol([m.strip() for m in method_names.split(",")], tuple(int(k) for k in shots.split(",")),
-                            tuple(int(s) for s in seeds.split(",")))
+    """Run methods x shots x seeds on every dataset and write table.md/.csv/.json/.tex with the published column
+    (base2new: `table_base2new.md`, base / new / HM per dataset and their average)."""
+    if protocol not in ("fewshot", "base2new"):
+        raise ConfigError(f"unknown protocol {protocol!r}; available: fewshot, base2new")
+    methods = [m.strip() for m in method_names.split(",")] if method_names else (
+        list(BASE2NEW_METHODS) if protocol == "base2new" else ["tip_adapter", "lpp"])
+    ks = tuple(int(k) for k in (shots or ("16" if protocol == "base2new" else "1,2,4,8,16")).split(","))
+    seed_list = tuple(int(s) for s in seeds.split(","))
     paths = dataset_paths(datasets, root, out)
     bb = load_backbone(backbone, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if protocol == "base2new":
+        recs = []
+        for path in paths:
+            res = run_base2new(path, methods=methods, backbone=bb, shots=ks, seeds=seed_list, out=out, cache=cache,
+                               device=device, progress=console.print)
+            recs += res["records"]
+        table = base2new_table(recs)
+        (out / "table_base2new.md").write_text(table)
+        Console().print(table)
+        console.print(f"results in {out}: table_base2new.md")
+        return
+    proto = FewShotProtocol(methods, ks, seed_list)
     fs = FeatureStore(cache or default_cache_dir())
     store = ResultStore(out / "results.jsonl")
     names, records = [], []
