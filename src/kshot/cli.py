@@ -12,6 +12,7 @@ from rich.table import Table
 
 from kshot.cli_errors import main as run_cli_main
 from kshot.errors import KshotError
+from kshot.progress import set_quiet
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="kshot: few-shot adaptation of pretrained vision(-language) models from cached features.")
@@ -38,11 +39,10 @@ def _global(
     Example: kshot fit photos/ -m auto -o runs/auto && kshot predict new/ -a runs/auto -o labels.csv
     """
     import logging
-    import os
 
+    set_quiet(quiet)  # every kshot bar (extraction, sweeps, training epochs), even with tqdm already imported
+    console.quiet = quiet
     if quiet:
-        console.quiet = True
-        os.environ["TQDM_DISABLE"] = "1"  # every tqdm bar (extraction, sweeps, training epochs)
         logging.getLogger().setLevel(logging.ERROR)
     elif verbose:
         logging.getLogger().setLevel(logging.INFO)
