@@ -12,6 +12,7 @@ from rich.table import Table
 
 from kshot.cli_errors import main as run_cli_main
 from kshot.errors import KshotError
+from kshot.progress import set_quiet
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="kshot: few-shot adaptation of pretrained vision(-language) models from cached features.")
@@ -38,11 +39,10 @@ def _global(
     Example: kshot fit photos/ -m auto -o runs/auto && kshot predict new/ -a runs/auto -o labels.csv
     """
     import logging
-    import os
 
+    set_quiet(quiet)  # every kshot bar (extraction, sweeps, training epochs), even with tqdm already imported
+    console.quiet = quiet
     if quiet:
-        console.quiet = True
-        os.environ["TQDM_DISABLE"] = "1"  # every tqdm bar (extraction, sweeps, training epochs)
         logging.getLogger().setLevel(logging.ERROR)
     elif verbose:
         logging.getLogger().setLevel(logging.INFO)
@@ -223,7 +223,9 @@ def predict(
     templates: Optional[list[str]] = typer.Option(None, "--template", help="Prompt template(s) with {}; repeat."),
     prompts: Optional[Path] = typer.Option(None, help="Prompt JSON file or folder."),
     k: int = typer.Option(5, "-k", help="Top-k ids to write."),
-    out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="Predictions CSV."),
+    out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="Predictions file: .csv, .json or .parquet "
+                             "(path, top-k class names, ids and scores, the run they came from)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="csv | json | parquet (default: from the -o suffix)."),
     result_txt: Optional[Path] = typer.Option(None, "--result-txt", help="Also write the challenge's result.txt."),
     cache: Optional[Path] = CacheOpt,
     device: Optional[str] = DeviceOpt,
@@ -234,7 +236,10 @@ def predict(
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="Run this `kshot export --format onnx` model through "
                                         "onnxruntime instead (see `pip install kshot[deploy]`)."),
 ) -> None:
-    """Predict top-k classes with a fitted artifact, or zero-shot."""
+    """Predict top-k classes with a fitted artifact, or zero-shot.
+
+    Example: kshot predict new_photos/ -a runs/auto -o labels.csv
+    """
     from kshot import experiment as ex
     from kshot.data.sources import load_dataset
 
@@ -244,15 +249,17 @@ def predict(
     if onnx is not None:
         from kshot.deploy.onnx_predict import predict_dataset
 
-        _write_predictions(*predict_dataset(onnx, ds, console.print), ds, k, out, result_txt)
+        _write_predictions(*predict_dataset(onnx, ds, console.print), ds, k, out, result_txt, fmt,
+                           ds.classnames or None, str(onnx))
         return
     if backend == "jittor":
-        fs, logits = _predict_jittor(ds, artifact, method, classes, backbone, templates, prompts, jittor_python,
-                                     jittor_device)
-        _write_predictions(fs, logits, ds, k, out, result_txt)
+        fs, logits, names = _predict_jittor(ds, artifact, method, classes, backbone, templates, prompts,
+                                            jittor_python, jittor_device)
+        _write_predictions(fs, logits, ds, k, out, result_txt, fmt, names,
+                           str(artifact) if artifact is not None else f"zeroshot:{backbone}")
         return
     if artifact is not None:
-        m, bb = _artifact_method(artifact, device)
+        m, bb, names = _artifact_method(artifact, device)
         if m.needs_backbone:
             m.attach_backbone(bb)
         if "image" in m.trains_encoders:
@@ -262,32 +269,36 @@ def predict(
         bb = _load_backbone(backbone, device)
         tw = ex.text_weights_for(bb, class_ds, ex.prompt_spec_for(class_ds, templates, prompts))
         m = ex.zeroshot_on(class_ds.classnames, tw, bb.logit_scale)
+        names = class_ds.classnames
     fs = _store(cache, device).get(bb, ds, name=f"{ds.name}/{split}")
-    _write_predictions(fs, ex.predict_logits(m, fs), ds, k, out, result_txt)
+    _write_predictions(fs, ex.predict_logits(m, fs), ds, k, out, result_txt, fmt, names,
+                       str(artifact) if artifact is not None else f"zeroshot:{backbone}")
 
 
 def _predict_jittor(ds, artifact, method, classes, backbone, templates, prompts, python, device):
-    """(features, logits) with the Jittor backend: a fitted artifact's head, or zero-shot."""
+    """(features, logits, classnames) with the Jittor backend: a fitted artifact's head, or zero-shot."""
     from kshot import experiment as ex
     from kshot.interop.predict import predict_jittor
 
     if artifact is not None:
-        m, bb = _artifact_method(artifact, "cpu")
-        return predict_jittor(bb, ds, m, python=python, device=device)
+        m, bb, names = _artifact_method(artifact, "cpu")
+        return (*predict_jittor(bb, ds, m, python=python, device=device), names)
     class_ds = _zeroshot_classes(ds, method, classes)
     bb = _load_backbone(backbone, "cpu")
-    return predict_jittor(bb, ds, None, classnames=class_ds.classnames, text_spec=ex.prompt_spec_for(
-        class_ds, templates, prompts), class_domains=class_ds.class_domains, python=python, device=device)
+    return (*predict_jittor(bb, ds, None, classnames=class_ds.classnames, text_spec=ex.prompt_spec_for(
+        class_ds, templates, prompts), class_domains=class_ds.class_domains, python=python, device=device),
+        class_ds.classnames)
 
 
 def _artifact_method(artifact: Path, device: Optional[str]):
-    """(method, backbone) of a `kshot fit` folder, refused if the backbone no longer loads as the same weights."""
+    """(method, backbone, classnames) of a `kshot fit` folder, refused if the backbone no longer loads as the same
+    weights."""
     from kshot.experiment import FittedRun
 
     run = FittedRun.load(artifact)
     bb = _load_backbone(run.info["backbone"], device)
     run.check_backbone(bb, artifact)
-    return run.method, bb
+    return run.method, bb, run.info.get("classnames")
 
 
 def _zeroshot_classes(ds, method: str, classes: Optional[Path]):
@@ -302,12 +313,12 @@ def _zeroshot_classes(ds, method: str, classes: Optional[Path]):
     return class_ds
 
 
-def _write_predictions(fs, logits, ds, k, out, result_txt) -> None:
+def _write_predictions(fs, logits, ds, k, out, result_txt, fmt=None, classnames=None, run="") -> None:
     from kshot.eval.predictions import Predictions
     from kshot.eval.result_file import write_result_txt
 
-    preds = Predictions.from_logits(fs.paths, logits, k)
-    preds.write_csv(out)
+    preds = Predictions.from_logits(fs.paths, logits, k, classnames=classnames, run=run)
+    preds.write(out, fmt)
     console.print(f"wrote {len(preds.paths)} predictions -> {out}")
     if result_txt is not None:
         write_result_txt(result_txt, fs.paths, preds.ids, zip_it=True)
@@ -352,29 +363,50 @@ def _print_metrics(metrics: dict) -> None:
 
 @app.command()
 def score(
-    predictions: Path = typer.Argument(..., help="predictions.csv from `kshot predict`, or a result.txt."),
-    labels: Path = typer.Option(..., "--labels", help="Labelled dataset (or '<filename> <label>' list file)."),
+    predictions: Path = typer.Argument(..., help="Predictions from `kshot predict` (.csv or .json), or a result.txt."),
+    labels: Path = typer.Option(..., "--labels", help="Labelled dataset, or a '<image path> <label>' list whose "
+                                "labels are class names or ids (the images need not exist here)."),
     layout: str = LayoutOpt,
     split: str = typer.Option("test", help="Split of the labelled dataset."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON (confusions by name)."),
 ) -> None:
-    """Metrics of predictions against labels: top-1, top-5, mean per-class recall, per domain, confusions."""
+    """Metrics of predictions against labels: top-1, top-5, mean per-class recall, per domain, confusions.
+
+    Example: kshot score labels.csv --labels truth.txt --json scores.json
+    """
     import numpy as np
 
-    from kshot.data.sources import load_dataset
-    from kshot.eval.predictions import Predictions
+    from kshot.data.sources import detect_layout, load_dataset
+    from kshot.eval.metrics import summarize
+    from kshot.eval.predictions import Predictions, read_labels
     from kshot.eval.result_file import read_result_txt
 
-    ds = load_dataset(labels, layout=layout, split=split)
-    if predictions.suffix == ".csv":
-        preds = Predictions.read_csv(predictions)
+    as_list = labels.is_file() and (layout in ("list", "listfile") or (layout == "auto"
+                                                                        and detect_layout(labels) == "listfile"))
+    ds = None if as_list else load_dataset(labels, layout=layout, split=split)
+    if predictions.suffix.lower() in (".csv", ".json"):
+        preds = Predictions.read(predictions)
     else:
-        rf = read_result_txt(predictions, num_classes=ds.num_classes or None)
+        rf = read_result_txt(predictions, num_classes=ds.num_classes if ds is not None and ds.num_classes else None)
         preds = Predictions(rf.filenames, rf.ids, np.zeros(rf.ids.shape, np.float32))
-    metrics = _score(preds, ds)
+    if ds is not None:
+        metrics = _score(preds, ds)
+    else:
+        truth = read_labels(labels, preds.classnames)
+        by_name = {Path(p).name: v for p, v in truth.items()}
+        y = []
+        for p in preds.paths:
+            v = truth.get(p.replace("\\", "/"), by_name.get(Path(p).name))
+            if v is None:
+                raise KshotError(f"no label for predicted image {p!r} in {labels}")
+            y.append(v)
+        num = max(len(preds.classnames or []), int(np.max(preds.ids, initial=-1)) + 1, max(y, default=-1) + 1)
+        metrics = summarize(preds.ids, np.asarray(y), num, classnames=preds.classnames)
     _print_metrics(metrics)
     if json_out:
-        json_out.write_text(json.dumps(metrics, indent=2))
+        from kshot.data.paths import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps(metrics, indent=2))
 
 
 @app.command("eval")
@@ -554,7 +586,7 @@ def export(
     if fmt in DEPLOY_FORMATS:
         if source is None or backbone is not None:
             raise ConfigError(f"--format {fmt} exports a `kshot fit` folder: pass it (and no --backbone)")
-        m, bb = _artifact_method(source, "cpu")
+        m, bb, _ = _artifact_method(source, "cpu")
         res = export_deploy(source, out, fmt, bb, m)
         console.print(f"wrote {res.path} ({fmt}, uint8 [N,3,H,W] -> {res.num_classes} logits; self-check max abs diff "
                       f"{res.check_diff:.1e}), {res.labels.name} and {res.preprocess.name} beside it")

@@ -32,6 +32,7 @@ from kshot.methods import METHODS, Method, Task, create, load
 from kshot.methods.base import config_to_dict
 from kshot.text.classifier import build_text_classifier
 from kshot.text.templates import PromptSpec, dataset_template, load_prompt_file
+from kshot.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -340,12 +341,10 @@ def run_sweep(sweep: Sweep, methods: Sequence[str], shots: Sequence[int], seeds:
               progress: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Run every missing (method, K, seed) cell with `cell(method, K, seed, overrides) -> record`; returns the
     records (old and new) of this sweep. Each record gets the sweep's key fields before it is appended."""
-    from tqdm.auto import tqdm
-
     hashes = {m: method_config_hash(m, overrides.get(m, {})) for m in methods}
     cells = [(m, k, s) for m in methods for k in shots for s in seeds]
     done = store.done()
-    bar = tqdm(cells, desc=sweep.dataset, unit="cell", leave=False)
+    bar = progress_bar(cells, desc=sweep.dataset, unit="cell", leave=False)
     for method, k, seed in bar:
         if sweep.record_key(method, hashes[method], k, seed) in done:
             continue

@@ -402,6 +402,9 @@ def save_jittor_pkl(state: Mapping[str, Any], path: str | os.PathLike[str]) -> P
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=p.name, suffix=".tmp", dir=p.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; the .pkl is an ordinary file (umask respected)
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.write(hashlib.sha1(payload).digest())

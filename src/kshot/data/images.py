@@ -18,6 +18,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from kshot.data.dataset import Dataset
 from kshot.errors import DataError
+from kshot.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +122,7 @@ def check_images(dataset: Dataset, *, loader: Callable[[Path], Image.Image] = lo
     """
     idx = range(len(dataset))
     if progress:
-        from tqdm import tqdm
-
-        idx = tqdm(idx, desc="checking images", unit="img")
+        idx = progress_bar(idx, auto=False, desc="checking images", unit="img")
     bad = []
     for i in idx:
         try:

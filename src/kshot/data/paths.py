@@ -155,12 +155,20 @@ def read_text_lines(path: Path) -> list[str]:
     return text.splitlines()
 
 
+def file_mode() -> int:
+    """The mode a plain `open(path, "w")` gives a new file: 0o666 less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: Path | str, text: str) -> None:
     """Write `text` (UTF-8, '\\n' line ends) to `path` via a temporary file and rename, so readers never see half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600; the result is an ordinary file (umask respected)
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
         os.replace(tmp, path)

@@ -52,6 +52,7 @@ from kshot.features.decode import (
     MODES, FileItems, HostBatch, PilItems, Prefetcher, collate, decode_gpu, resolve_mode,
 )
 from kshot.features.tensor_transforms import Geometry, Normalizer, fast_path_check
+from kshot.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -304,10 +305,8 @@ def _file_source(backbone: Backbone, dataset: Dataset, indices: list[int], cfg: 
 def _fill_cache(cache: Any, dataset: Dataset, missing: list[int], cfg: ExtractConfig, plan: _Plan,
                 backbone: Backbone, desc: str) -> None:
     """Decode `missing` dataset items into the image cache, committing every few thousand items."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(missing), desc=f"{desc}: decode -> image cache", unit="img", disable=not cfg.progress,
-               leave=False)
+    bar = progress_bar(total=len(missing), desc=f"{desc}: decode -> image cache", unit="img", disable=not cfg.progress,
+                       leave=False)
     since = 0
     try:
         for host in _file_source(backbone, dataset, missing, cfg, plan, AugmentPolicy(), None, pin=False):
@@ -441,13 +440,11 @@ def extract_features(backbone: Backbone, dataset: Dataset, indices: Sequence[int
                      cfg: ExtractConfig | None = None, policy: AugmentPolicy = AugmentPolicy(),
                      view: int | None = None, desc: str = "extract") -> ExtractResult:
     """Encode `dataset[indices]` (all items by default) -> ExtractResult with features [N, D]."""
-    from tqdm.auto import tqdm
-
     cfg = cfg or ExtractConfig()
     indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     out = torch.zeros(len(indices), backbone.embed_dim)
     bad: list[tuple[int, str]] = []
-    bar = tqdm(total=len(indices), desc=desc, unit="img", disable=not cfg.progress, leave=False)
+    bar = progress_bar(total=len(indices), desc=desc, unit="img", disable=not cfg.progress, leave=False)
     for pos, feats, b in iter_batches(backbone, dataset, indices, cfg, policy, view):
         out[pos] = feats.to(out.dtype)
         bad.extend(b)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from kshot.errors import DataError
 from kshot.features.featureset import FeatureSet
+from kshot.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +41,13 @@ def jittor_features(session: Any, backbone: Any, dataset: Any, indices: Sequence
                     batch_size: int = 64, progress: bool = True) -> FeatureSet:
     """L2-normalised image features [N, D] of `dataset` from the Jittor image tower (unreadable images skipped and
     listed in `skipped`, as the PyTorch store does)."""
-    from tqdm.auto import tqdm
-
     from kshot.data.images import load_image
 
     indices = list(range(len(dataset))) if indices is None else list(indices)
     feats: list[torch.Tensor] = []
     kept: list[int] = []
     skipped: list[tuple[str, str]] = []
-    bar = tqdm(total=len(indices), desc="jittor encode", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=len(indices), desc="jittor encode", unit="img", disable=not progress, leave=False)
     for start in range(0, len(indices), batch_size):
         batch, ids = [], []
         for i in indices[start : start + batch_size]:

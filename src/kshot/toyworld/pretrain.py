@@ -25,6 +25,7 @@ from kshot.toyworld.captions import caption_words
 from kshot.toyworld.generator import World, WorldSpec
 from kshot.toyworld.model import ToyClipCfg, build_toy_clip, encode_text_trimmed, images_to_tensor, toy_preprocess_cfg
 from kshot.toyworld.tokenizer import ToyTokenizer, build_vocab
+from kshot.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,6 @@ def pretrain(
     Returns:
         The trained model in eval mode with its tokenizer and per-step losses.
     """
-    from tqdm.auto import tqdm
-
     world = World(world_spec)
     tokenizer = make_tokenizer(config.model.context_length)
     model_cfg = ToyClipCfg(**{**config.model.to_dict(), "vocab_size": tokenizer.vocab_size})
@@ -169,7 +168,8 @@ def pretrain(
             log.info("resumed pretraining from %s at step %d", ckpt, start)
         model.train()
         t0 = time.time()
-        bar = tqdm(range(start, config.steps), disable=not progress, desc="toy CLIP", initial=start, total=config.steps)
+        bar = progress_bar(range(start, config.steps), disable=not progress, desc="toy CLIP", initial=start,
+                           total=config.steps)
         for step in bar:
             images, captions = world.sample_pretraining_batch(config.batch_size, rng)
             x = images_to_tensor(images, pre)

@@ -39,6 +39,7 @@ from torch import nn
 from kshot.data.dataset import Dataset
 from kshot.data.images import check_images, load_image
 from kshot.errors import ConfigError, DataError
+from kshot.progress import bar as progress_bar
 from kshot.tuning.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -326,6 +327,4 @@ def _restore(params: list[nn.Parameter], opt: torch.optim.Optimizer, tensors: di
 def _progress(cfg: EngineConfig, rank: int, start: int, name: str):
     if not cfg.progress or rank != 0:
         return None
-    from tqdm import tqdm
-
-    return tqdm(total=cfg.iters, initial=start, desc=name, unit="it", leave=False)
+    return progress_bar(auto=False, total=cfg.iters, initial=start, desc=name, unit="it", leave=False)
