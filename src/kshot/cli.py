@@ -260,10 +260,7 @@ def predict(
         return
     if artifact is not None:
         m, bb, names = _artifact_method(artifact, device)
-        if m.needs_backbone:
-            m.attach_backbone(bb)
-        if "image" in m.trains_encoders:
-            bb = m.tuned_backbone(bb)  # features of the tuned image encoder (cached under its own fingerprint)
+        bb = _inference_backbone(m, bb)
     else:
         class_ds = _zeroshot_classes(ds, method, classes)
         bb = _load_backbone(backbone, device)
@@ -299,6 +296,14 @@ def _artifact_method(artifact: Path, device: Optional[str]):
     bb = _load_backbone(run.info["backbone"], device)
     run.check_backbone(bb, artifact)
     return run.method, bb, run.info.get("classnames")
+
+
+def _inference_backbone(m, bb):
+    """The backbone whose image features `m.logits` takes: `bb` attached to a method that runs it, and for a method
+    that trains the image encoder its tuned copy (own fingerprint, so its features are cached apart)."""
+    if m.needs_backbone:
+        m.attach_backbone(bb)
+    return m.tuned_backbone(bb) if "image" in m.trains_encoders else bb
 
 
 def _zeroshot_classes(ds, method: str, classes: Optional[Path]):
@@ -587,7 +592,7 @@ def export(
         if source is None or backbone is not None:
             raise ConfigError(f"--format {fmt} exports a `kshot fit` folder: pass it (and no --backbone)")
         m, bb, _ = _artifact_method(source, "cpu")
-        res = export_deploy(source, out, fmt, bb, m)
+        res = export_deploy(source, out, fmt, _inference_backbone(m, bb), m)
         console.print(f"wrote {res.path} ({fmt}, uint8 [N,3,H,W] -> {res.num_classes} logits; self-check max abs diff "
                       f"{res.check_diff:.1e}), {res.labels.name} and {res.preprocess.name} beside it")
         return

@@ -44,24 +44,34 @@ def kshot_logits(world):
     return ds, FeatureStore(world / "cache").get(bb, ds, name="test")
 
 
-def _fit(world, method):
+# encoder- and prompt-tuned methods, trained for a few steps (depth 3 fits the toy CLIP's 3 text / 4 vision layers)
+_DEEP = ["depth=3", "epochs=1", "batch_size=4", "lr=0.01"]
+TUNED = {
+    "clip_lora": ["iters=3", "batch_size=4", "lr=0.01", "dropout=0.0", "progress=false"],
+    "maple": _DEEP,
+    "promptsrc": [*_DEEP, "depth_vision=3", "gpa=false"],
+    "atprompt_maple": _DEEP,
+    "atprompt_promptsrc": [*_DEEP, "depth_vision=3", "gpa=false"],
+    "coop": ["epochs=2"],
+    "kgcoop": ["epochs=2"],
+    "atprompt": ["epochs=2"],
+}
+
+
+def _fit(world, method, settings=()):
     art = world / f"run_{method}"
     if not art.exists():
+        sets = [a for kv in settings for a in ("--set", kv)]
         _ok(runner.invoke(app, ["fit", str(world / "folder"), "-m", method, "-k", "2", "-o", str(art),
-                                "--cache", str(world / "cache")]))
+                                "--cache", str(world / "cache"), *sets]))
     return art
 
 
-@pytest.mark.parametrize("method", EXPORTABLE)
-def test_onnx_and_torchscript_match_kshot(world, kshot_logits, tmp_path, method):
+def _check_exports(art, tmp_path, ds, expected):
+    """Export `art` both ways; the exported logits on the test crops equal `expected` (≤ 1e-4, same top-1)."""
     from kshot.deploy.onnx_predict import OnnxClassifier
     from kshot.features.decode import load_crop
-    from kshot.methods import load
-    from kshot.experiment import predict_logits
 
-    ds, fs = kshot_logits
-    art = _fit(world, method)
-    expected = predict_logits(load(art), fs).numpy()
     _ok(runner.invoke(app, ["export", str(art), "--format", "onnx", "-o", str(tmp_path / "onnx" / "m.onnx")]))
     _ok(runner.invoke(app, ["export", str(art), "--format", "torchscript", "-o", str(tmp_path / "ts" / "m.pt")]))
     clf = OnnxClassifier.load(tmp_path / "onnx" / "m.onnx")
@@ -75,6 +85,44 @@ def test_onnx_and_torchscript_match_kshot(world, kshot_logits, tmp_path, method)
         assert (got.argmax(1) == expected.argmax(1)).all()
     labels = json.loads((tmp_path / "onnx" / "labels.json").read_text())
     assert [labels[str(i)] for i in range(len(labels))] == ds.classnames
+
+
+@pytest.mark.parametrize("method", EXPORTABLE)
+def test_onnx_and_torchscript_match_kshot(world, kshot_logits, tmp_path, method):
+    from kshot.experiment import predict_logits
+    from kshot.methods import load
+
+    ds, fs = kshot_logits
+    art = _fit(world, method)
+    _check_exports(art, tmp_path, ds, predict_logits(load(art), fs).numpy())
+
+
+@pytest.mark.parametrize("method", sorted(TUNED))
+def test_tuned_encoder_and_prompt_methods_export_what_kshot_predicts(world, kshot_logits, tmp_path, method):
+    """The export runs the tuned image encoder (LoRA / visual prompts) and the learned text features as the head."""
+    from kshot.backbones import load_backbone
+    from kshot.experiment import predict_logits
+    from kshot.features import FeatureStore
+    from kshot.methods import load
+
+    ds, base_fs = kshot_logits
+    art = _fit(world, method, TUNED[method])
+    m, bb = load(art), load_backbone("toy:clip")
+    m.attach_backbone(bb)
+    tuned = m.tuned_backbone(bb) if "image" in m.trains_encoders else bb
+    fs = FeatureStore(world / "cache").get(tuned, ds, name="test") if tuned is not bb else base_fs
+    if tuned is not bb:  # the encoder really changed: base features would give other logits
+        assert not torch.allclose(fs.features, base_fs.features, atol=1e-4)
+    _check_exports(art, tmp_path, ds, predict_logits(m, fs).numpy())
+    doc = json.loads((tmp_path / "onnx" / "preprocess.json").read_text())
+    assert doc["fingerprint"] == tuned.fingerprint
+
+
+def test_cocoop_export_says_why_not(world, tmp_path):
+    art = _fit(world, "cocoop", ["epochs=1"])
+    r = runner.invoke(app, ["export", str(art), "--format", "onnx", "-o", str(tmp_path / "m.onnx")])
+    assert r.exit_code != 0 and "conditions its prompts on each image" in str(r.exception)
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_predict_onnx_writes_the_same_top1_as_kshot(world, tmp_path):
@@ -92,7 +140,7 @@ def test_predict_onnx_writes_the_same_top1_as_kshot(world, tmp_path):
 def test_transductive_and_tower_methods_say_why(world):
     from kshot.methods import create
 
-    for name, words in (("inmap", "transductive"), ("coop", "towers")):
+    for name, words in (("inmap", "transductive"), ("cocoop", "conditions its prompts on each image")):
         m = create(name)
         m.fitted_ = True
         with pytest.raises(ExportError, match=words):

@@ -183,6 +183,24 @@ class LogitsHead(nn.Module):
         return self.method.logits(features)
 
 
+class CosineHead(nn.Module):
+    """A fixed text classifier as a module: features [N, D] -> scale · features @ text.T [N, C] (the exported head of
+    methods whose tuned encoders end in fixed class text features: CLIP-LoRA, CoOp, MaPLe, ...).
+
+    Args:
+        text: [C, D] L2-normalised class text features (copied into a buffer).
+        scale: the logit scale s.
+    """
+
+    def __init__(self, text: torch.Tensor, scale: float):
+        super().__init__()
+        self.register_buffer("text", text.detach().float().cpu().clone())
+        self.scale = float(scale)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.scale * features.float() @ self.text.T
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
 

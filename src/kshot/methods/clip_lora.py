@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from kshot.backbones.base import Backbone, hash_state_dict, make_fingerprint
 from kshot.data.images import load_image
 from kshot.errors import CheckpointError, ConfigError, DataError
-from kshot.methods.base import METHODS, Method, Task
+from kshot.methods.base import METHODS, CosineHead, Method, Task
 from kshot.methods.checks import check_features, check_task
 from kshot.tuning.engine import EngineConfig, check_shot_files, train_encoders
 from kshot.tuning.lora import (adapter_state, attention_paths, inject_lora, load_adapter_state, lora_parameters,
@@ -192,6 +192,11 @@ class ClipLora(Method):
         self._check_fitted()
         check_features(features, self.dim_)
         return self.scale_ * features.float() @ self.text_.to(features.device).T
+
+    def exportable_head(self) -> torch.nn.Module:
+        """The tuned text classifier as a fixed head; `kshot export` puts it behind `tuned_backbone(base)`."""
+        self._check_fitted()
+        return CosineHead(self.text_, self.scale_)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {**{f"lora.{k}": v for k, v in self.adapters_.items()}, "text_features": self.text_}

@@ -34,7 +34,7 @@ from torch import nn
 from kshot.backbones.base import Backbone, make_fingerprint
 from kshot.config import param
 from kshot.errors import CheckpointError, ConfigError, DataError
-from kshot.methods.base import Method, Task
+from kshot.methods.base import CosineHead, Method, Task
 from kshot.methods.checks import check_features, check_task
 from kshot.methods.prompting.layout import CLASS, Learned, Piece, attribute_pieces, build_layout
 from kshot.methods.prompting.learner import GroupSpec, PromptLearner, frozen, normal_vectors, word_vectors
@@ -353,6 +353,12 @@ class DeepPromptMethod(Method):
         self._check_fitted()
         check_features(features, self.dim_)
         return self.scale_ * features.float() @ self.text_.to(features.device).T
+
+    def exportable_head(self) -> nn.Module:
+        """The prompted text features as a fixed head; `kshot export` puts it behind `tuned_backbone(base)` (the
+        image encoder with the learned visual prompts)."""
+        self._check_fitted()
+        return CosineHead(self.text_, self.scale_)
 
     def for_classes(self, classnames: list[str], text_weights: torch.Tensor | None = None) -> "DeepPromptMethod":
         """The same prompts over other class names (base-to-new); needs the attached backbone."""

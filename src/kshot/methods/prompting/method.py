@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kshot.config import param
-from kshot.errors import CheckpointError, ConfigError, DataError
-from kshot.methods.base import Method, Task
+from kshot.errors import CheckpointError, ConfigError, DataError, ExportError
+from kshot.methods.base import CosineHead, Method, Task
 from kshot.methods.checks import check_features, check_task
 from kshot.methods.prompting.layout import Piece, build_layout, coop_pieces
 from kshot.methods.prompting.learner import GroupSpec, PromptLearner, frozen, normal_vectors, word_vectors
@@ -270,6 +270,19 @@ class PromptMethod(Method):
             for x in features.split(max(1, int(getattr(self.config, "eval_batch_size", 64)))):
                 out.append(self._batch_logits(learner, self.meta_net_, x.to(dev), self.scale_).to(features.device))
         return torch.cat(out) if out else torch.zeros(0, len(self.classnames_), device=features.device)
+
+    def exportable_head(self) -> nn.Module:
+        """The learned prompts' class text features as a fixed head (the image encoder is the base one).
+
+        Raises:
+            ExportError: conditional prompts (CoCoOp's meta-net) change with every image: no fixed head.
+        """
+        self._check_fitted()
+        if self.is_conditional() or self.text_ is None:
+            raise ExportError(f"{self.name} conditions its prompts on each image (a meta-net runs the text tower per "
+                              "image at inference), so it has no fixed head to export; CoOp/KgCoOp/ATPrompt on coop "
+                              "do")
+        return CosineHead(self.text_, self.scale_)
 
     def for_classes(self, classnames: list[str], text_weights: torch.Tensor | None = None) -> "PromptMethod":
         """The same learned prompts over other class names (base-to-new); needs the attached backbone (the
