@@ -55,3 +55,52 @@ def test_merge_of_a_non_lora_run_is_a_clear_error(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     res = r.invoke(app, ["lora", "merge", str(tmp_path / "zs"), "-o", str(tmp_path / "m.safetensors")])
     assert res.exit_code != 0 and "no LoRA adapters" in str(res.exception)
+
+
+def _lora_fit_args(data: Path, out: Path, cache: Path) -> list[str]:
+    return ["fit", str(data), "-m", "clip_lora", "-o", str(out), "-k", "2", "--layout", "imagefolder",
+            "--set", "iters=4", "--set", "batch_size=8", "--set", "lr=0.001", "--set", "dropout=0.0",
+            "--set", "progress=false", "--cache", str(cache), "--device", "cpu"]
+
+
+def test_fit_under_torchrun_trains_as_ddp_and_rank0_writes_the_one_artifact(tmp_path: Path) -> None:
+    """2 gloo ranks (CPU) = 1 process with the same global batch; rank 0 fills the fresh cache and saves."""
+    import os
+    import subprocess
+    import sys
+
+    from kshot.methods import load
+
+    _world(tmp_path / "data")
+    res = CliRunner().invoke(app, _lora_fit_args(tmp_path / "data", tmp_path / "one", tmp_path / "cache1"))
+    assert res.exit_code == 0, res.output
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONPATH=str(root / "src"), OMP_NUM_THREADS="1", COLUMNS="500")  # no wrapped lines
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "kshot", "-v", *_lora_fit_args(tmp_path / "data", tmp_path / "ddp",
+                                                                 tmp_path / "cache2")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert out.count("gloo process group") == 2  # a real DDP run (without one both ranks would train alone)
+    assert out.count("fitted clip_lora") == 1 and f"rank 1/2: trained; rank 0 writes {tmp_path / 'ddp'}" in out
+    one, ddp = load(tmp_path / "one"), load(tmp_path / "ddp")
+    assert one.adapters_.keys() == ddp.adapters_.keys()
+    for k, v in one.adapters_.items():
+        assert torch.allclose(v, ddp.adapters_[k], atol=1e-4), k
+    assert abs(one.meta_["final_loss"] - ddp.meta_["final_loss"]) <= 1e-4
+    assert any(v.abs().max() > 0 for k, v in ddp.adapters_.items())  # it trained (LoRA B starts at zero)
+    res = CliRunner().invoke(app, ["predict", str(tmp_path / "data"), "-a", str(tmp_path / "ddp"), "--layout",
+                                   "imagefolder", "-o", str(tmp_path / "p.csv"), "--cache", str(tmp_path / "cache2"),
+                                   "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert len(_top1(tmp_path / "p.csv")) > 0
+
+
+def test_fit_of_a_cached_feature_method_under_torchrun_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    res = CliRunner().invoke(app, ["fit", str(tmp_path), "-m", "lpp", "-o", str(tmp_path / "r")])
+    assert res.exit_code != 0 and "without torchrun" in str(res.exception)

@@ -168,22 +168,29 @@ def fit(
     from kshot.data.coop_source import load_any
     from kshot.data.fewshot import write_shots_file
     from kshot.features import AugmentPolicy
+    from kshot.features.distributed import process_group, rank_device
     from kshot.methods import create
 
     m = create(method, **ex.parse_overrides(overrides or [], method))
-    pool = load_any(data, layout=layout, split=split)
-    sel = ex.select_shots(pool, shots, seed, shots_file=shots_file)
-    bb = _load_backbone(backbone, device)
-    store = _store(cache, device)
-    used, local = ex.remap_selection(sel)
-    policy = AugmentPolicy(augment, views) if views else AugmentPolicy()
-    feats = ex.pool_features(store, bb, pool, used, policy)
-    spec = ex.prompt_spec_for(pool, templates, prompts)
-    tw = ex.text_weights_for(bb, pool, spec)
-    images = {"train": pool.subset(sel.shots), "val": pool.subset(sel.val)} if m.trains_encoders else None
-    task = ex.build_task(m, feats.subset(local.shots), pool.classnames, tw, val=feats.subset(local.val),
-                         logit_scale=bb.logit_scale, backbone=bb, images=images, seed=seed)
-    m.fit(task)
+    shard = _fit_shard(m)
+    dev = rank_device(shard, device) if shard is not None else device
+    with process_group(shard, dev or "cpu"):  # DDP under torchrun: the engine all-reduces the gradients
+        pool = load_any(data, layout=layout, split=split)
+        sel = ex.select_shots(pool, shots, seed, shots_file=shots_file)
+        bb = _load_backbone(backbone, dev)
+        store = _store(cache, dev, progress=shard is None or shard.rank == 0)
+        used, local = ex.remap_selection(sel)
+        policy = AugmentPolicy(augment, views) if views else AugmentPolicy()
+        feats = _rank0_first(shard, lambda: ex.pool_features(store, bb, pool, used, policy))
+        spec = ex.prompt_spec_for(pool, templates, prompts)
+        tw = ex.text_weights_for(bb, pool, spec)
+        images = {"train": pool.subset(sel.shots), "val": pool.subset(sel.val)} if m.trains_encoders else None
+        task = ex.build_task(m, feats.subset(local.shots), pool.classnames, tw, val=feats.subset(local.val),
+                             logit_scale=bb.logit_scale, backbone=bb, images=images, seed=seed)
+        m.fit(task)
+    if shard is not None and shard.rank != 0:
+        console.print(f"rank {shard.rank}/{shard.world}: trained; rank 0 writes {out}")
+        return
     info = ex.FittedRun.describe(bb, pool, spec, method=method, shots=shots, seed=seed, data=data)
     report = ex.fit_report(m, feats.subset(local.val))
     info.update(report)
@@ -192,6 +199,30 @@ def fit(
         write_shots_file(pool, sel.shots, shots_file)
     console.print(f"fitted {method} on {len(sel.shots)} shots ({pool.num_classes} classes) -> {out}")
     _print_fit_report(report, m, shots)
+
+
+def _fit_shard(m):
+    """The torchrun shard of `kshot fit` (None outside torchrun); only methods that train encoders run as DDP."""
+    from kshot.errors import ConfigError
+    from kshot.features.distributed import shard_from_env
+
+    shard = shard_from_env()
+    if shard is not None and not m.trains_encoders:
+        raise ConfigError(f"{m.name} fits on cached features in one process: run `kshot fit` without torchrun "
+                          "(`torchrun ... -m kshot extract` shards the feature extraction)")
+    return shard
+
+
+def _rank0_first(shard, compute):
+    """`compute()` on rank 0, then on the other ranks after a barrier (rank 0 fills the feature cache they read)."""
+    if shard is None:
+        return compute()
+    if shard.rank == 0:
+        out = compute()
+        shard.barrier()
+        return out
+    shard.barrier()
+    return compute()
 
 
 def _print_fit_report(report: dict, m, shots: int) -> None:
