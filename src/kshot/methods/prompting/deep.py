@@ -59,6 +59,8 @@ class DeepPromptConfig:
         crop_scale: RandomResizedCrop area range of the shots (Dassl's random_resized_crop).
         amp: 'bf16' | 'fp16' | 'off' on CUDA; grad_checkpointing: recompute block activations in backward.
         num_workers: decoding processes; progress: progress bar.
+        checkpoint_every, checkpoint_dir: a resumable training checkpoint every N steps into this folder (0 / "" =
+            none); a fit with the same folder resumes from its last one (`DeepPromptMethod.extra_state` included).
         attributes: ATPrompt attribute words (empty = plain prompts); n_att: soft tokens before each (None = n_ctx);
             attr_init_std: their init std (ATPrompt 0.01).
     """
@@ -78,6 +80,8 @@ class DeepPromptConfig:
     grad_checkpointing: bool = False
     num_workers: int = param(0, ge=0)
     progress: bool = False
+    checkpoint_every: int = param(0, ge=0)
+    checkpoint_dir: str = ""
     attributes: tuple[str, ...] = ()
     n_att: int | None = param(None, ge=1)
     attr_init_std: float = param(0.01, ge=0)
@@ -153,6 +157,14 @@ class DeepPromptMethod(Method):
     def _final(self, exported: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The prompts to keep (default: the last iterate)."""
         return exported
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Running training state beyond the trainable tensors (PromptSRC's prompt aggregate), saved with the
+        engine's resumable checkpoints; default none."""
+        return {}
+
+    def load_extra(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore `extra_state()` from a checkpoint when a fit resumes (`state` may be empty)."""
 
     # ---- validation of the design against the model ----------------------------------------------------------
     def _check_model(self, backbone: Any) -> tuple[TextTower, ImageTower]:
@@ -240,7 +252,8 @@ class DeepPromptMethod(Method):
                               optimizer="sgd", momentum=float(c.momentum), schedule="dassl",
                               warmup_epochs=int(c.warmup_epochs), warmup_lr=float(c.warmup_lr),
                               crop_scale=tuple(c.crop_scale), amp=c.amp, grad_checkpointing=c.grad_checkpointing,
-                              num_workers=int(c.num_workers), seed=int(task.seed), progress=c.progress)
+                              num_workers=int(c.num_workers), seed=int(task.seed), progress=c.progress,
+                              checkpoint_every=int(c.checkpoint_every), checkpoint_dir=c.checkpoint_dir)
 
         def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return self.batch_loss(learner, params_module, image, x, y, scale)
@@ -254,7 +267,8 @@ class DeepPromptMethod(Method):
         with frozen(bb.model):
             history = train_encoders(params, loss_fn, images, task.train.labels, bb.preprocess,
                                      bb.preprocess_cfg.image_size, engine, bb.device, model=bb.model,
-                                     name=self.name, after_step=after_step)
+                                     name=self.name, after_step=after_step, extra_state=self.extra_state,
+                                     load_extra=self.load_extra)
         bb.model.eval()
         self.prompts_ = self._final(self._export(learner, params_module))
         self.classnames_, self.scale_, self.dim_ = classnames, scale, int(bb.embed_dim)
