@@ -192,9 +192,10 @@ def fit(
         console.print(f"rank {shard.rank}/{shard.world}: trained; rank 0 writes {out}")
         return
     info = ex.FittedRun.describe(bb, pool, spec, method=method, shots=shots, seed=seed, data=data)
-    report = ex.fit_report(m, feats.subset(local.val))
+    val, encoder = ex.method_features(m, store, bb, pool.subset(sel.val), feats.subset(local.val))
+    report = ex.fit_report(m, val, encoder)  # an encoder-tuning method is scored on its tuned encoder
     info.update(report)
-    ex.FittedRun(m, info).save(out, pool, sel.shots)
+    ex.FittedRun(m, info).save(out, pool, sel.shots, report=report)
     if shots_file is not None and not Path(shots_file).is_file():
         write_shots_file(pool, sel.shots, shots_file)
     console.print(f"fitted {method} on {len(sel.shots)} shots ({pool.num_classes} classes) -> {out}")
@@ -233,8 +234,9 @@ def _print_fit_report(report: dict, m, shots: int) -> None:
     if "auto" in report:
         console.print(f"auto: {escape(report['auto']['reason'])}")
     if report["val_top1_percent"] is not None:
-        console.print(f"validation top-1 {report['val_top1_percent']:.2f} % on {report['val_images']} held-out pool "
-                      "images (recorded in task.json)")
+        tuned = " of the tuned encoder" if "image" in m.trains_encoders else ""
+        console.print(f"validation top-1{tuned} {report['val_top1_percent']:.2f} % on {report['val_images']} "
+                      "held-out pool images (recorded in task.json and method.json)")
     else:
         keep = f" (-k {shots - 4} keeps 4 per class for validation)" if shots > 4 else ""
         settings = ", ".join(f"{k}={v}" for k, v in config_to_dict(m.config).items()) or "none"

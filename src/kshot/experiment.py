@@ -179,11 +179,28 @@ def predict_logits(method: Method, features: FeatureSet, batch_size: int = 65536
     return torch.cat(chunks) if chunks else torch.zeros(0, 0)
 
 
-def fit_report(method: Method, val: FeatureSet | None) -> dict[str, Any]:
+def method_features(method: Method, store: FeatureStore, backbone: Backbone, dataset: Dataset,
+                    frozen: FeatureSet | None = None, name: str = "val") -> tuple[FeatureSet, str]:
+    """(features `method.logits` takes for `dataset`, the spec of the encoder that made them).
+
+    A fitted method that trains through the image encoder (`trains_encoders` holds 'image') classifies features of
+    its own `tuned_backbone(backbone)` (cached under that encoder's fingerprint); any other method those of
+    `backbone` (`frozen` when already computed).
+    """
+    if "image" in method.trains_encoders and len(dataset):
+        tuned = method.tuned_backbone(backbone)
+        return store.get(tuned, dataset, name=name), tuned.spec
+    return (frozen if frozen is not None else store.get(backbone, dataset, name=name)), backbone.spec
+
+
+def fit_report(method: Method, val: FeatureSet | None, encoder: str | None = None) -> dict[str, Any]:
     """What `kshot fit` records and prints about a fit: validation top-1 (percent, None without a validation split),
-    the number of validation images and, for a method that `selects_method` (`auto`), its choice and why."""
+    the number of validation images, the encoder whose features were scored (`method_features`; an encoder-tuning
+    method is scored on its tuned encoder) and, for a method that `selects_method` (`auto`), its choice and why."""
     n = len(val) if val is not None else 0
     rep: dict[str, Any] = {"val_images": n, "val_top1_percent": None}
+    if encoder is not None:
+        rep["val_encoder"] = encoder
     if n:
         pred = predict_logits(method, val).argmax(1).cpu()
         rep["val_top1_percent"] = round(100.0 * float((pred == val.labels.cpu()).float().mean()), 2)
@@ -218,10 +235,12 @@ class FittedRun:
                 "method": method, "prompts": {"templates": spec.templates, "per_domain": spec.per_domain,
                                               "per_class": spec.per_class}}
 
-    def save(self, out: str | Path, pool: Dataset | None = None, shots: np.ndarray | None = None) -> Path:
-        """Write the artifact, `task.json` and (with `pool` and `shots`) `shots.txt`, each file atomically."""
+    def save(self, out: str | Path, pool: Dataset | None = None, shots: np.ndarray | None = None,
+             report: dict[str, Any] | None = None) -> Path:
+        """Write the artifact (`report`, the fit's `fit_report`, also into its method.json), `task.json` and (with
+        `pool` and `shots`) `shots.txt`, each file atomically."""
         out = Path(out)
-        self.method.save(out)
+        self.method.save(out, report=report)
         if pool is not None and shots is not None:
             write_shots_file(pool, shots, out / "shots.txt.tmp")
             os.replace(out / "shots.txt.tmp", out / "shots.txt")

@@ -1,5 +1,6 @@
-"""MaPLe: its forward/loss equals a literal re-statement of the official one on a tiny CLIP, the contract on toy-world
-images (shapes, determinism, save/load, tuned encoder, new classes), bad input."""
+"""MaPLe: its forward/loss equals a literal re-statement of the official one on a tiny CLIP (float64), the contract on
+toy-world images (shapes, determinism, save/load, tuned encoder, new classes), the artifact's trainable tensors and
+`init`, bad input."""
 
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ def tiny():
         torch.manual_seed(0)
         model = open_clip.CLIP(embed_dim=16, vision_cfg=vision, text_cfg=text, quick_gelu=True)
     return _wrap(model, open_clip.SimpleTokenizer(context_length=24), "test:maple-tiny", 16)
+
+
+@pytest.fixture(scope="module")
+def tiny64(tiny):
+    """The same tiny CLIP in float64 (parity to round-off, not to float32's ~1e-6)."""
+    import copy
+
+    return _wrap(copy.deepcopy(tiny.model).double(), tiny.tokenizer, "test:maple-tiny64", 16)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +71,7 @@ def literal_maple_loss(bb, names, images, labels, ctx, deep_text, proj, deep_pro
     # image encoder
     v = model.visual
     y = v.conv1(images).reshape(images.shape[0], v.conv1.out_channels, -1).permute(0, 2, 1)
-    cls = v.class_embedding + torch.zeros(y.shape[0], 1, y.shape[-1])
+    cls = v.class_embedding + torch.zeros(y.shape[0], 1, y.shape[-1], dtype=y.dtype)
     y = torch.cat([cls, y], dim=1) + v.positional_embedding
     y = torch.cat([y, shared_ctx.expand(y.shape[0], -1, -1)], dim=1)
     y = v.ln_pre(y).permute(1, 0, 2)
@@ -89,21 +98,28 @@ def _internals(m, bb, names, seed=0):
 
 
 @pytest.mark.parametrize("depth", [1, 3])
-def test_loss_matches_literal_official_forward(tiny, depth):
+def test_loss_matches_literal_official_forward(tiny64, depth):
+    """float64 throughout (model, prompts, coupling layers, images): loss and gradients equal to round-off."""
     names = ["red star", "blue circle", "green square"]
     m = create("maple", depth=depth)
-    learner, params, image = _internals(m, tiny, names)
+    learner, params, image = _internals(m, tiny64, names)
+    learner.double(), params.double()
     g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(4, 3, 32, 32, generator=g), torch.tensor([0, 2, 1, 2])
+    x, y = torch.randn(4, 3, 32, 32, generator=g, dtype=torch.float64), torch.tensor([0, 2, 1, 2])
     with torch.no_grad():  # move away from the init so every term matters
         for p in list(learner.parameters()) + list(params.parameters()):
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
+            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    trained = list(learner.parameters()) + list(params.parameters())
     ours = m.batch_loss(learner, params, image, x, y, 20.0).mean()
-    ref = literal_maple_loss(tiny, names, x, y, learner.vectors["ctx"], list(params.deep_text), params.couple[0],
+    ref = literal_maple_loss(tiny64, names, x, y, learner.vectors["ctx"], list(params.deep_text), params.couple[0],
                              list(params.couple[1:]), 20.0)
-    assert abs(float(ours.detach()) - float(ref.detach())) <= 1e-6
-    ours.backward()
-    assert learner.vectors["ctx"].grad is not None and params.couple[0].weight.grad.abs().sum() > 0
+    assert ours.dtype == ref.dtype == torch.float64
+    assert abs(float(ours.detach()) - float(ref.detach())) <= 1e-10
+    g_ours = torch.autograd.grad(ours, trained)
+    g_ref = torch.autograd.grad(ref, trained)
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+    assert all(a.abs().sum() > 0 for a in g_ours)  # every trainable tensor (coupling layers too) gets a gradient
     assert m.deep_start_ == 1 and learner.vectors["ctx"].shape == (2, 32)  # "a photo" learned, "of a" fixed
 
 
@@ -168,3 +184,47 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny):
         out.append((loss.detach(), learner.vectors["ctx"].grad.clone(), params.deep_text[1].grad.clone()))
     for a, b in zip(*out):
         torch.testing.assert_close(a, b)
+
+
+def test_artifact_keeps_every_trainable_tensor_and_init_continues_from_it(world, tmp_path):
+    """Coupling layers are saved: they regenerate the stored visual prompts; `--set init=<run>` with 0 epochs
+    reproduces the run exactly, with 1 epoch trains on from it; a run of another method or depth is refused."""
+    from typer.testing import CliRunner
+
+    from kshot.cli import app
+
+    bb, _, test = world
+    r = CliRunner()
+
+    def fit(out, *sets, method="maple"):
+        args = ["fit", str(tmp_path / "data"), "-m", method, "-o", str(out), "-k", "2", "--layout", "imagefolder",
+                "--cache", str(tmp_path / "cache"), "--device", "cpu"]
+        res = r.invoke(app, args + [a for s in ("depth=3", "lr=0.05", *sets) for a in ("--set", s)])
+        return res
+
+    _world(tmp_path / "data")
+    assert fit(tmp_path / "a", "epochs=1").exit_code == 0
+    a = load(tmp_path / "a")
+    couple = {k for k in a.trainable_ if k.startswith("params.couple.")}
+    assert len(couple) == 6 and set(a.trainable_) >= {"learner.ctx", "params.deep_text.0", "params.deep_text.1"}
+    with torch.no_grad():  # the stored coupling layers produce the stored visual prompts
+        texts = [a.trainable_["learner.ctx"], a.trainable_["params.deep_text.0"], a.trainable_["params.deep_text.1"]]
+        for i, t in enumerate(texts):
+            w, b = a.trainable_[f"params.couple.{i}.weight"], a.trainable_[f"params.couple.{i}.bias"]
+            torch.testing.assert_close(t @ w.T + b, a.prompts_[f"visual.{i}"])
+    a.attach_backbone(bb)
+    feats = _features(a.tuned_backbone(), test)
+    res = fit(tmp_path / "b", "epochs=0", f"init={tmp_path / 'a'}")
+    assert res.exit_code == 0, res.output
+    b = load(tmp_path / "b").attach_backbone(bb)
+    assert set(b.trainable_) == set(a.trainable_)
+    for k, v in a.trainable_.items():
+        assert torch.equal(b.trainable_[k], v), k
+    torch.testing.assert_close(b.logits(_features(b.tuned_backbone(), test)), a.logits(feats))
+    assert fit(tmp_path / "c", "epochs=1", f"init={tmp_path / 'a'}").exit_code == 0
+    c = load(tmp_path / "c")
+    assert not torch.equal(c.trainable_["params.couple.0.weight"], a.trainable_["params.couple.0.weight"])
+    res = fit(tmp_path / "d", "epochs=0", "depth=2", f"init={tmp_path / 'a'}")
+    assert res.exit_code != 0 and "this configuration" in str(res.exception)
+    res = fit(tmp_path / "e", "epochs=0", f"init={tmp_path / 'a'}", method="atprompt_maple")
+    assert res.exit_code != 0 and "holds a maple artifact" in str(res.exception)

@@ -4,6 +4,7 @@ aggregation is the weighted sum of the epochs' prompts, the contract on toy-worl
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -88,3 +89,45 @@ def test_bad_input(world):  # noqa: F811
         create("promptsrc", depth=3, depth_vision=5).fit(task)
     with pytest.raises(ConfigError, match=r"text prompt depth 9 .* 3 layers"):
         create("promptsrc").fit(task)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resumed_fit_equals_the_uninterrupted_one_gpa_included(world, tmp_path):  # noqa: F811
+    """2 steps per epoch, 3 epochs; the first run dies at the end of epoch 2 (step 4, before its checkpoint), so it
+    resumes from step 3 with epoch 1 already in the Gaussian aggregate — which only the checkpoint can hold."""
+    from kshot.tuning.checkpoint import load_checkpoint
+
+    bb, train, _ = world
+    cfg = dict(depth=2, depth_vision=2, epochs=3, gpa_mean=2.0, lr=0.01, batch_size=4)
+    whole = create("promptsrc", **cfg).fit(_task(bb, train))
+    ck = dict(cfg, checkpoint_every=1, checkpoint_dir=str(tmp_path / "ck"))
+
+    def dying(m):
+        original = m._after_epoch
+
+        def after(epoch, prompts):
+            if epoch == 2:
+                raise _Killed
+            original(epoch, prompts)
+        m._after_epoch = after
+        return m
+
+    with pytest.raises(_Killed):
+        dying(create("promptsrc", **ck)).fit(_task(bb, train))
+    step, tensors, _ = load_checkpoint(tmp_path / "ck")
+    assert step == 3 and any(k.startswith("extra.gpa.") for k in tensors)
+    resumed = create("promptsrc", **ck).fit(_task(bb, train))
+    assert resumed.history_ == pytest.approx(whole.history_, abs=0)
+    for k, v in whole.prompts_.items():
+        torch.testing.assert_close(resumed.prompts_[k], v, atol=1e-7, rtol=1e-6)
+    # without the aggregate the resumed run would miss epoch 1's share (what the checkpoint state is for)
+    shutil.rmtree(tmp_path / "ck")
+    with pytest.raises(_Killed):
+        dying(create("promptsrc", **ck)).fit(_task(bb, train))
+    forgetful = create("promptsrc", **ck)
+    forgetful.load_extra = lambda state: None
+    forgetful.fit(_task(bb, train))
+    assert not torch.allclose(forgetful.prompts_["visual.1"], whole.prompts_["visual.1"])

@@ -149,8 +149,9 @@ class Method(ABC):
         if not self.fitted_:
             raise RuntimeError(f"{self.name}: call fit(task) before logits()")
 
-    def save(self, path: str | Path) -> Path:
-        """Write `<path>/method.json` (name, config, fitted meta) and `<path>/state.safetensors`."""
+    def save(self, path: str | Path, *, report: dict[str, Any] | None = None) -> Path:
+        """Write `<path>/method.json` (name, config, fitted meta; `report`: what the fit measured, e.g. `kshot fit`'s
+        validation accuracy, stored as is) and `<path>/state.safetensors`."""
         from safetensors.torch import save_file
 
         self._check_fitted()
@@ -166,6 +167,8 @@ class Method(ABC):
             "config": config_to_dict(self.config),
             "meta": self.fitted_meta(),
         }
+        if report is not None:
+            doc["report"] = report
         tmpj = path / "method.json.tmp"
         tmpj.write_text(json.dumps(doc, indent=2))
         tmpj.replace(path / "method.json")

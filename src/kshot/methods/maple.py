@@ -14,8 +14,9 @@ F_i torch's default Linear init, 5 epochs, batch 4, SGD lr 0.0035 (momentum 0.9,
 4 vision — use `depth=3` there).
 
 Departures: bf16 autocast on CUDA (theirs fp16 weights), seeded per-sample crops from the shared engine
-(`kshot.tuning.engine`); the coupling layers are not stored, only the visual prompts they produce (all the artifact
-needs). Training and `logits` conventions: see `kshot.methods.prompting.deep`.
+(`kshot.tuning.engine`). The artifact keeps the visual prompts the coupling layers produce (all inference needs)
+and every trainable tensor, coupling layers included (`init=<run>` continues training from them). Training and
+`logits` conventions: see `kshot.methods.prompting.deep`.
 """
 
 from __future__ import annotations

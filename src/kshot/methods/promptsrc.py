@@ -17,8 +17,8 @@ epoch at 1e-5 + cosine; deep prompts N(0, 0.02²). (The few-shot config `..._ep5
 
 Frozen text features g: the task's text classifier (kshot's hand-crafted prompts for the dataset, template ensembles
 included) when given, else the mean over `templates` of the frozen encoder's features (the official code averages
-its ImageNet template list). Departures: as MaPLe (`kshot.methods.maple`); the GPA aggregate is not part of the
-engine's resumable checkpoints.
+its ImageNet template list). Departures: as MaPLe (`kshot.methods.maple`). The running GPA aggregate is saved with the
+engine's resumable checkpoints (`extra_state`), so a resumed fit equals the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -139,6 +139,14 @@ class PromptSRC(DeepPromptMethod):
             self.gpa_sum_ = {k: v * w for k, v in exported.items()}
         else:
             self.gpa_sum_ = {k: self.gpa_sum_[k] + v * w for k, v in exported.items()}
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """The running GPA aggregate (`gpa.<prompt name>`), empty before the first epoch ends."""
+        return {} if self.gpa_sum_ is None else {f"gpa.{k}": v for k, v in self.gpa_sum_.items()}
+
+    def load_extra(self, state: dict[str, torch.Tensor]) -> None:
+        gpa = {k[len("gpa."):]: v.float() for k, v in state.items() if k.startswith("gpa.")}
+        self.gpa_sum_ = gpa or None
 
     def _final(self, exported: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not self.config.gpa or self.gpa_sum_ is None:

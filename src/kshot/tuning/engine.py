@@ -16,8 +16,9 @@ trainable parameters and a per-sample loss on a batch of preprocessed images; th
 * **randomness**: torch's RNG is re-seeded from (seed, t) around each step (dropout), so a run resumed from a
   checkpoint continues exactly as the uninterrupted one.
 * **progress**: a tqdm bar with the loss, and the validation accuracy when the method gives a `val_fn`.
-* **checkpoints**: every `checkpoint_every` steps, trainable tensors + AdamW moments (`kshot.tuning.checkpoint`);
-  a later call with the same folder resumes from the last one.
+* **checkpoints**: every `checkpoint_every` steps, trainable tensors + optimiser moments + the method's own running
+  state (`extra_state`, e.g. PromptSRC's prompt aggregate) (`kshot.tuning.checkpoint`); a later call with the same
+  folder resumes from the last one (`load_extra` gets that state back).
 * **DDP** under torchrun (`torch.distributed` initialised): each rank takes every world-th sample of the global
   batch, gradients are all-reduced (sum of per-sample losses / global batch), rank 0 writes checkpoints. The loss
   curve equals a one-process run with the same global batch.
@@ -176,7 +177,9 @@ def train_encoders(params: Sequence[nn.Parameter], loss_fn: Callable[[torch.Tens
                    images: Dataset, labels: torch.Tensor, preprocess: Callable[[Any], torch.Tensor], image_size: int,
                    cfg: EngineConfig, device: torch.device, *, model: nn.Module | None = None,
                    val_fn: Callable[[], float] | None = None, val_every: int = 0, name: str = "train",
-                   after_step: Callable[[int, bool], None] | None = None) -> list[float]:
+                   after_step: Callable[[int, bool], None] | None = None,
+                   extra_state: Callable[[], dict[str, torch.Tensor]] | None = None,
+                   load_extra: Callable[[dict[str, torch.Tensor]], None] | None = None) -> list[float]:
     """Optimise `params` on the shot images; resumes from `cfg.checkpoint_dir` when it holds a checkpoint.
 
     Args:
@@ -189,7 +192,10 @@ def train_encoders(params: Sequence[nn.Parameter], loss_fn: Callable[[torch.Tens
         val_fn: validation accuracy of the current parameters (shown on the progress bar, logged), run every
             `val_every` steps (0: at the end only) with the model in eval mode and no gradients.
         after_step: called after each optimiser step with (step, True when it ended an epoch) — PromptSRC's
-            prompt aggregation over epochs (its running state is the caller's, not part of the checkpoints).
+            prompt aggregation over epochs.
+        extra_state: the caller's running state after a step (tensors by name; what `after_step` accumulates),
+            saved with each checkpoint; load_extra: receives it back (possibly empty) when a run resumes, so a
+            resumed run equals the uninterrupted one.
 
     Returns:
         The global mean training loss of every step, from step 0 (restored ones included).
@@ -203,6 +209,8 @@ def train_encoders(params: Sequence[nn.Parameter], loss_fn: Callable[[torch.Tens
     if folder is not None and (ck := load_checkpoint(folder)) is not None:
         start, tensors, meta = ck
         _restore(params, opt, tensors)
+        if load_extra is not None:
+            load_extra({k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")})
         losses = [float(x) for x in meta.get("losses", [])][:start]
         log.info("%s: resumed from step %d of %d (%s)", name, start, cfg.iters, folder)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.amp == "fp16" else None
@@ -248,7 +256,9 @@ def train_encoders(params: Sequence[nn.Parameter], loss_fn: Callable[[torch.Tens
             if folder is not None and cfg.checkpoint_every > 0 and (done % cfg.checkpoint_every == 0
                                                                     or done == cfg.iters):
                 if rank == 0:
-                    save_checkpoint(folder, done, _snapshot(params, opt), {"losses": losses, "iters": cfg.iters})
+                    extra = {f"extra.{k}": v for k, v in (extra_state() if extra_state else {}).items()}
+                    save_checkpoint(folder, done, _snapshot(params, opt) | extra,
+                                    {"losses": losses, "iters": cfg.iters})
                 _barrier(world)
     finally:
         if bar is not None:

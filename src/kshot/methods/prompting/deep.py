@@ -9,7 +9,8 @@ SGD + Dassl's warm-up/cosine schedule here, bf16 autocast on CUDA, optional grad
 A subclass creates its trainable parameters (`_build`) and says how they become text/visual prompts (`_prompts`) and
 the loss (`_loss`). After training the *effective* prompts are exported — the text context groups, the deeper text
 prompts and the visual prompts of every layer (MaPLe's coupling layers already applied) — so the artifact needs
-no subclass-specific module to classify, move to other class names (`for_classes`) or build the tuned encoder.
+no subclass-specific module to classify, move to other class names (`for_classes`) or build the tuned encoder; it
+also keeps every trainable tensor of the last step (`trainable.*`), from which `init=<run folder>` continues training.
 
 Features: like CLIP-LoRA (`trains_encoders = ('image', 'text')`), `logits(features)` takes features of the *prompted*
 image encoder, `tuned_backbone(base)` (a `Backbone` with its own fingerprint, so its features are cached apart);
@@ -34,7 +35,7 @@ from torch import nn
 from kshot.backbones.base import Backbone, make_fingerprint
 from kshot.config import param
 from kshot.errors import CheckpointError, ConfigError, DataError
-from kshot.methods.base import CosineHead, Method, Task
+from kshot.methods.base import CosineHead, Method, Task, load
 from kshot.methods.checks import check_features, check_task
 from kshot.methods.prompting.layout import CLASS, Learned, Piece, attribute_pieces, build_layout
 from kshot.methods.prompting.learner import GroupSpec, PromptLearner, frozen, normal_vectors, word_vectors
@@ -59,6 +60,10 @@ class DeepPromptConfig:
         crop_scale: RandomResizedCrop area range of the shots (Dassl's random_resized_crop).
         amp: 'bf16' | 'fp16' | 'off' on CUDA; grad_checkpointing: recompute block activations in backward.
         num_workers: decoding processes; progress: progress bar.
+        init: a `kshot fit` run folder (artifact) of the same method and backbone whose trainable tensors start this
+            fit (continue training it; "" = the initialisation above).
+        checkpoint_every, checkpoint_dir: a resumable training checkpoint every N steps into this folder (0 / "" =
+            none); a fit with the same folder resumes from its last one (`DeepPromptMethod.extra_state` included).
         attributes: ATPrompt attribute words (empty = plain prompts); n_att: soft tokens before each (None = n_ctx);
             attr_init_std: their init std (ATPrompt 0.01).
     """
@@ -78,6 +83,9 @@ class DeepPromptConfig:
     grad_checkpointing: bool = False
     num_workers: int = param(0, ge=0)
     progress: bool = False
+    init: str = ""
+    checkpoint_every: int = param(0, ge=0)
+    checkpoint_dir: str = ""
     attributes: tuple[str, ...] = ()
     n_att: int | None = param(None, ge=1)
     attr_init_std: float = param(0.01, ge=0)
@@ -116,6 +124,7 @@ class DeepPromptMethod(Method):
         super().__init__(config, **overrides)
         self.backbone_: Any = None
         self.meta_: dict[str, Any] = {}
+        self.trainable_: dict[str, torch.Tensor] = {}
 
     # ---- subclass hooks -------------------------------------------------------------------------------------
     def vision_depth(self) -> int:
@@ -153,6 +162,14 @@ class DeepPromptMethod(Method):
     def _final(self, exported: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The prompts to keep (default: the last iterate)."""
         return exported
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Running training state beyond the trainable tensors (PromptSRC's prompt aggregate), saved with the
+        engine's resumable checkpoints; default none."""
+        return {}
+
+    def load_extra(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore `extra_state()` from a checkpoint when a fit resumes (`state` may be empty)."""
 
     # ---- validation of the design against the model ----------------------------------------------------------
     def _check_model(self, backbone: Any) -> tuple[TextTower, ImageTower]:
@@ -232,6 +249,8 @@ class DeepPromptMethod(Method):
         learner = self._learner(tower, classnames, self._initial_vectors(tower, gen))  # validates the class names
         check_shot_files(images, self.name)
         params_module = self._build(tower, image, gen).to(bb.device)
+        if c.init:
+            self._start_from(c.init, learner, params_module)
         self._prepare(task)
         scale = float(task.logit_scale)
         n = len(images)
@@ -240,7 +259,8 @@ class DeepPromptMethod(Method):
                               optimizer="sgd", momentum=float(c.momentum), schedule="dassl",
                               warmup_epochs=int(c.warmup_epochs), warmup_lr=float(c.warmup_lr),
                               crop_scale=tuple(c.crop_scale), amp=c.amp, grad_checkpointing=c.grad_checkpointing,
-                              num_workers=int(c.num_workers), seed=int(task.seed), progress=c.progress)
+                              num_workers=int(c.num_workers), seed=int(task.seed), progress=c.progress,
+                              checkpoint_every=int(c.checkpoint_every), checkpoint_dir=c.checkpoint_dir)
 
         def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return self.batch_loss(learner, params_module, image, x, y, scale)
@@ -254,9 +274,11 @@ class DeepPromptMethod(Method):
         with frozen(bb.model):
             history = train_encoders(params, loss_fn, images, task.train.labels, bb.preprocess,
                                      bb.preprocess_cfg.image_size, engine, bb.device, model=bb.model,
-                                     name=self.name, after_step=after_step)
+                                     name=self.name, after_step=after_step, extra_state=self.extra_state,
+                                     load_extra=self.load_extra)
         bb.model.eval()
         self.prompts_ = self._final(self._export(learner, params_module))
+        self.trainable_ = {k: t.detach().float().cpu().clone() for k, t in _trainable(learner, params_module).items()}
         self.classnames_, self.scale_, self.dim_ = classnames, scale, int(bb.embed_dim)
         self.history_ = history
         self.meta_ = {"backbone": {"spec": bb.spec, "fingerprint": bb.fingerprint}, "epochs": int(c.epochs),
@@ -266,12 +288,36 @@ class DeepPromptMethod(Method):
         self.fitted_ = True
         return self
 
+    def _start_from(self, run: str, learner: PromptLearner, params_module: nn.Module) -> None:
+        """Copy the trainable tensors of the fitted artifact `run` into this fit's (`init`)."""
+        src = load(run)
+        if src.name != self.name:
+            raise ConfigError(f"{self.name}: init={run!r} holds a {src.name} artifact; it must be a {self.name} run")
+        want = src.meta_.get("backbone", {}).get("fingerprint")
+        if want and want != self.backbone_.fingerprint:
+            raise CheckpointError(f"{self.name}: init={run!r} was fitted on backbone {src.backbone_spec!r}; this fit "
+                                  f"uses {self.backbone_.spec!r} (another fingerprint)")
+        have, mine = src.trainable_, _trainable(learner, params_module)
+        if not have:
+            raise CheckpointError(f"{self.name}: init={run!r} holds no trainable tensors (saved by an older kshot); "
+                                  "refit it")
+        if set(have) != set(mine):
+            raise ConfigError(f"{self.name}: init={run!r} has trainable tensors {sorted(have)}, this configuration "
+                              f"{sorted(mine)} (depth, n_ctx or attributes differ)")
+        for k, p in mine.items():
+            if have[k].shape != p.shape:
+                raise ConfigError(f"{self.name}: init={run!r}: tensor {k} has shape {tuple(have[k].shape)}, this "
+                                  f"configuration {tuple(p.shape)}")
+        with torch.no_grad():
+            for k, p in mine.items():
+                p.copy_(have[k].to(p))
+
     def batch_loss(self, learner: PromptLearner, params_module: nn.Module, image: ImageTower, x: torch.Tensor,
                    y: torch.Tensor, scale: float) -> torch.Tensor:
         """Per-sample training losses [B] of preprocessed images x [B, 3, S, S] with labels y [B]."""
         deep_text, visual = self._prompts(params_module, learner.vectors["ctx"])
-        text = F.normalize(learner(deep=deep_text, deep_start=self.deep_start_)[0].float(), dim=-1)
-        img = F.normalize(image.encode(x, visual).float(), dim=-1)
+        text = F.normalize(_upcast(learner(deep=deep_text, deep_start=self.deep_start_)[0]), dim=-1)
+        img = F.normalize(_upcast(image.encode(x, visual)), dim=-1)
         return self._loss(scale * img @ text.T, y, text, img, x)
 
     def _export(self, learner: PromptLearner, params_module: nn.Module) -> dict[str, torch.Tensor]:
@@ -365,6 +411,7 @@ class DeepPromptMethod(Method):
         self._check_fitted()
         new = type(self)(self.config)
         new.backbone_, new.prompts_, new.meta_ = self.backbone_, self.prompts_, dict(self.meta_)
+        new.trainable_ = self.trainable_
         new.deep_start_, new.history_ = self.deep_start_, getattr(self, "history_", [])
         new.classnames_, new.scale_, new.dim_ = list(classnames), self.scale_, self.dim_
         new.text_ = new._class_features(list(classnames))
@@ -372,7 +419,10 @@ class DeepPromptMethod(Method):
         return new
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {**self.prompts_, "text_features": self.text_}
+        """The kept prompts, every trainable tensor of the last step (`trainable.<name>`: what `init` continues
+        from; MaPLe's coupling layers included) and the class text features."""
+        return {**self.prompts_, **{f"trainable.{k}": v for k, v in self.trainable_.items()},
+                "text_features": self.text_}
 
     def fitted_meta(self) -> dict[str, Any]:
         return {**self.meta_, "classnames": self.classnames_, "scale": self.scale_, "dim": self.dim_}
@@ -381,7 +431,8 @@ class DeepPromptMethod(Method):
         if "text_features" not in state:
             raise CheckpointError(f"{self.name} artifact has no text_features")
         self.text_ = state["text_features"].float()
-        self.prompts_ = {k: v for k, v in state.items() if k != "text_features"}
+        self.prompts_ = {k: v for k, v in state.items() if k != "text_features" and not k.startswith("trainable.")}
+        self.trainable_ = {k[len("trainable."):]: v for k, v in state.items() if k.startswith("trainable.")}
         self.classnames_, self.scale_, self.dim_ = list(meta["classnames"]), float(meta["scale"]), int(meta["dim"])
         self.meta_ = {k: v for k, v in meta.items() if k not in ("classnames", "scale", "dim")}
         self.deep_start_ = int(self.meta_.get("deep_start", 1))
@@ -389,3 +440,15 @@ class DeepPromptMethod(Method):
         if len(self.classnames_) != self.text_.shape[0]:
             raise DataError(f"{self.name} artifact: {len(self.classnames_)} class names for "
                             f"{self.text_.shape[0]} text features")
+
+
+def _trainable(learner: PromptLearner, params_module: nn.Module) -> dict[str, nn.Parameter]:
+    """Every trainable tensor of a deep-prompt fit by name: `learner.<group>` (input-layer text vectors) and
+    `params.<name>` (the subclass's module: deeper prompts, MaPLe's coupling layers)."""
+    return ({f"learner.{k}": p for k, p in learner.vectors.items()}
+            | {f"params.{k}": p for k, p in params_module.named_parameters()})
+
+
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """Half/bf16 (autocast) features to float32 for the loss; float64 stays float64 (exact parity tests)."""
+    return t if t.dtype == torch.float64 else t.float()
