@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kshot.methods import create
+from kshot.methods.ape_t import ape_t_logits, ape_t_train_logits, ape_t_train_rows
+from kshot.methods.cache_ops import ClassBlocks
 from kshot.methods.tip_adapter import tip_logits
 from tests.methods.conftest_cachemethods import (BAD_CASES, FAST_GRID_2, accuracy, assert_logits_input_checks,
                                                  assert_rejects, assert_round_trip, make_task, zeroshot_accuracy)
@@ -105,3 +107,22 @@ def test_empty_classes_round_trip_and_determinism(tmp_path):
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_inputs(case):
     assert_rejects("ape_t", case, epochs=2, **FAST_GRID_2)
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_hoisted_training_logits_equal_the_full_formula(drop):
+    """The training path (fixed kernel grouped once, residual applied as exp(β f_Q·R_c)) equals `ape_t_logits`."""
+    task, test = make_task(c=6, k=3, d=16)
+    keys, labels = task.train.features, task.train.labels
+    if drop:  # unbalanced cache with an empty class: padded class blocks
+        keep = (labels != 2) & ~((labels == 4) & (torch.arange(len(labels)) % 3 == 0))
+        keys, labels = keys[keep], labels[keep]
+    g = torch.Generator().manual_seed(0)
+    channels = torch.tensor([0, 3, 5, 9, 12])
+    residual = 0.1 * torch.randn(6, 5, generator=g)
+    weights = 1 + 0.3 * torch.randn(len(labels), generator=g)
+    blocks = ClassBlocks.of(labels, 6)
+    rows = ape_t_train_rows(test.features, task.text_weights, keys, blocks, channels, 1.7, 100.0, rows=7)
+    got = ape_t_train_logits(*rows, residual, weights, blocks, 2.5, 1.7, 100.0)
+    ref = ape_t_logits(test.features, task.text_weights, keys, labels, channels, residual, weights, 6, 2.5, 1.7, 100.0)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-5)

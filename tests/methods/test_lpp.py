@@ -8,6 +8,7 @@ from scipy.linalg import eigh
 
 from kshot.errors import ConfigError, DataError, KshotError
 from kshot.methods import create, load
+from kshot.methods.lpp import cross_entropy_grad
 from tests.methods.conftest_lpheads import (accuracy, bad_tasks, make_task, tiny_task,
                                             zeroshot_accuracy)
 
@@ -156,3 +157,16 @@ def test_contract_task_is_fast():
     m = create("lpp").fit(tiny_task())
     assert time.process_time() - t0 < 3.0
     assert m.logits(torch.zeros(2, 16)).shape == (2, 5)
+
+
+def test_closed_form_gradient_equals_autograd():
+    """`cross_entropy_grad` (what training feeds SGD) is F.cross_entropy's value and gradient, also when p ≈ 1."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.cat([torch.randn(5, 7, generator=g), 60 * torch.eye(7)[:3]])  # confident rows: p_true ≈ 1
+    labels = torch.tensor([0, 3, 6, 2, 1, 0, 1, 2])
+    ref_in = logits.clone().requires_grad_(True)
+    ref = F.cross_entropy(ref_in, labels)
+    ref.backward()
+    loss, grad = cross_entropy_grad(logits.clone(), labels)
+    assert loss == pytest.approx(float(ref), rel=1e-6)
+    torch.testing.assert_close(grad, ref_in.grad, rtol=1e-5, atol=1e-9)

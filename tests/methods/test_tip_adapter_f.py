@@ -10,7 +10,9 @@ from torch import nn
 
 from kshot.errors import ConfigError
 from kshot.methods import create
-from kshot.methods.tip_adapter_f import epoch_inputs
+from kshot.features.featureset import FeatureSet
+from kshot.methods import Task
+from kshot.methods.tip_adapter_f import TrainSchedule, epoch_inputs, train_epochs
 from tests.methods.conftest_cachemethods import (BAD_CASES, FAST_GRID_2, accuracy, assert_logits_input_checks,
                                                  assert_rejects, assert_round_trip, make_task, zeroshot_accuracy)
 
@@ -100,3 +102,27 @@ def test_bad_schedule():
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_inputs(case):
     assert_rejects("tip_adapter_f", case, epochs=2, **FAST_GRID_2)
+
+
+@pytest.mark.parametrize("views", [0, 3])
+def test_train_epochs_prepares_once_per_distinct_input(views):
+    """`prepare` runs once for val and once in all (plain shots) or once per epoch (a fresh augmented view)."""
+    task, _ = make_task(c=4, k=4, d=8, val_per_class=2)
+    if views:
+        aug = F.normalize(task.train.features[None] + 0.1 * torch.randn(views, *task.train.features.shape), dim=-1)
+        task = Task(train=FeatureSet(task.train.features, task.train.labels, task.train.paths, aug_features=aug),
+                    val=task.val, classnames=task.classnames, text_weights=task.text_weights)
+    weight = torch.nn.Parameter(torch.zeros(4, 8))
+    calls = []
+
+    def prepare(x):
+        calls.append(len(x))
+        return (x, x.sum(-1))
+
+    def forward(x, s):
+        assert s.shape == x.shape[:1]
+        return x @ weight.T
+
+    train_epochs([weight], forward, task.train, task.val, TrainSchedule(5, 6, 1e-2, 1e-4, 0.0), 0, prepare)
+    assert calls.count(len(task.val)) == 1
+    assert calls.count(len(task.train)) == (5 if views else 1)

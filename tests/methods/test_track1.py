@@ -13,7 +13,8 @@ from torch import nn
 from kshot.errors import ConfigError
 from kshot.methods import create
 from kshot.methods.ape import resolve_num_channels
-from kshot.methods.track1 import track1_criterion
+from kshot.methods.cache_ops import ClassBlocks
+from kshot.methods.track1 import track1_criterion, track1_logits, track1_train_logits, track1_train_rows
 from tests.methods.conftest_cachemethods import (BAD_CASES, FAST_GRID_3, accuracy, assert_logits_input_checks,
                                                  assert_rejects, assert_round_trip, make_task, zeroshot_accuracy)
 from tests.methods.test_ape import literal_ape_logits, literal_kl, literal_v
@@ -165,3 +166,20 @@ def test_empty_classes_round_trip_and_determinism(tmp_path):
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_inputs(case):
     assert_rejects("track1", case, epochs=2, **FAST_GRID_3)
+
+
+def test_hoisted_training_logits_equal_the_readme_formula():
+    """The training path (S over the fixed keys once, residual applied as exp(β f'·R_c)) equals `track1_logits`."""
+    task, test = make_task(c=6, k=3, d=16)
+    keys, labels = task.train.features, task.train.labels
+    g = torch.Generator().manual_seed(0)
+    channels = torch.tensor([1, 2, 6, 10, 15])
+    keys_sel = F.normalize(keys[:, channels], dim=-1)
+    residual = 0.1 * torch.randn(6, 5, generator=g)
+    weights = torch.exp(0.3 * torch.rand(len(labels), generator=g))
+    blocks = ClassBlocks.of(labels, 6)
+    rows = track1_train_rows(test.features, task.text_weights, keys_sel, channels, blocks, weights, 1.3, 100.0)
+    got = track1_train_logits(*rows, residual, 0.8, 1.3, 100.0)
+    ref = track1_logits(test.features, task.text_weights, keys_sel, labels, channels, residual, blocks, weights, 0.8,
+                        1.3, 100.0)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-5)

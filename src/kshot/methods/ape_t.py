@@ -34,9 +34,9 @@ from kshot.errors import CheckpointError, ConfigError
 from kshot.methods.ape import ape_criterion, resolve_num_channels, search_ape, select_channels
 from kshot.methods import refit
 from kshot.methods.base import METHODS, Method, Task
-from kshot.methods.cache_ops import ClassBlocks, kernel_sum
+from kshot.methods.cache_ops import ClassBlocks, kernel, kernel_sum
 from kshot.methods.checks import check_features
-from kshot.methods.tip_adapter import cache_inputs, in_row_chunks, one_hot, validate_cache_policy
+from kshot.methods.tip_adapter import LOGIT_ROWS, cache_inputs, in_row_chunks, one_hot, validate_cache_policy
 from kshot.methods.tip_adapter_f import TrainSchedule, train_epochs
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,30 @@ def ape_t_logits(features: torch.Tensor, text_weights: torch.Tensor, keys: torch
     new_keys = keys + pad[key_labels]
     cache = kernel_sum(features @ new_keys.T, beta, ClassBlocks.of(key_labels, num_classes), value_weights)
     return torch.addmm(cache, features, new_text.T, beta=alpha, alpha=scale)
+
+
+def ape_t_train_rows(features: torch.Tensor, text_weights: torch.Tensor, keys: torch.Tensor, blocks: ClassBlocks,
+                     channels: torch.Tensor, beta: float, scale: float,
+                     rows: int = LOGIT_ROWS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The parts of `ape_t_logits` that training does not change, for features [N, D].
+
+    With f·(F_m + Pad(R)_c) = f·F_m + f_Q·R_c (f_Q the selected channels) the kernel factors per class:
+    exp(−β(1 − f·F_m − f_Q·R_c)) = exp(β f_Q·R_c) · exp(−β(1 − f·F_m)). Returns the clip logits s·fWᵀ [N, C],
+    f_Q [N, Q] and the fixed kernel grouped by class [N, C, k] (filled `rows` images at a time: N·M floats).
+    """
+    kern = torch.empty(features.shape[0], blocks.num_classes, blocks.k, device=features.device)
+    for i in range(0, features.shape[0], rows):
+        kern[i:i + rows] = blocks.gather(kernel(features[i:i + rows] @ keys.T, beta))
+    return scale * features @ text_weights.T, features[:, channels], kern
+
+
+def ape_t_train_logits(clip: torch.Tensor, feats_q: torch.Tensor, kern: torch.Tensor, residual: torch.Tensor,
+                       value_weights: torch.Tensor, blocks: ClassBlocks, alpha: float, beta: float,
+                       scale: float) -> torch.Tensor:
+    """`ape_t_logits` from `ape_t_train_rows`' parts: clip + s·f_Q Rᵀ + α·exp(β f_Q Rᵀ) ⊙ Σ_k kern·w -> [B, C]."""
+    fr = feats_q @ residual.T  # [B, C]
+    cache = torch.exp(beta * fr) * (kern * blocks.gather(value_weights)).sum(-1)
+    return clip + scale * fr + alpha * cache
 
 
 @dataclass(frozen=True)
@@ -128,12 +152,17 @@ class APET(Method):
         value_weights = torch.nn.Parameter(torch.ones(keys.shape[0], device=dev))
         c, scale = task.num_classes, float(task.logit_scale)
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return ape_t_logits(x, text, keys, key_labels, channels, residual, value_weights, c, cfg.init_alpha,
-                                cfg.init_beta, scale)
+        blocks = ClassBlocks.of(key_labels, c)
+
+        def prepare(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return ape_t_train_rows(x, text, keys, blocks, channels, cfg.init_beta, scale)
+
+        def forward(clip: torch.Tensor, feats_q: torch.Tensor, kern: torch.Tensor) -> torch.Tensor:
+            return ape_t_train_logits(clip, feats_q, kern, residual, value_weights, blocks, cfg.init_alpha,
+                                      cfg.init_beta, scale)
 
         trained = train_epochs([residual, value_weights], forward, task.train, task.val, TrainSchedule.of(cfg),
-                               task.seed)
+                               task.seed, prepare)
         self.text_weights_, self.keys_, self.key_labels_, self.channels_ = text, keys, key_labels, channels
         self.residual_, self.value_weights_ = residual.detach().clone(), value_weights.detach().clone()
         self.scale_, self.num_classes_ = scale, c

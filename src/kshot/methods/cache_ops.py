@@ -80,8 +80,11 @@ def kernel_sum(affinity: torch.Tensor, beta: float, blocks: ClassBlocks,
 
     Without autograd the affinity buffer is overwritten in place (β·(A − 1) equals −β·(1 − A) bit for bit).
     """
+    return blocks.sum(kernel(affinity, beta), weight)
+
+
+def kernel(affinity: torch.Tensor, beta: float) -> torch.Tensor:
+    """exp(−β (1 − A)) [N, M]; without autograd in place (β·(A − 1) equals −β·(1 − A) bit for bit)."""
     if torch.is_grad_enabled() and affinity.requires_grad:
-        kern = torch.exp(-beta * (1.0 - affinity))
-    else:
-        kern = affinity.sub_(1.0).mul_(beta).exp_()
-    return blocks.sum(kern, weight)
+        return torch.exp(-beta * (1.0 - affinity))
+    return affinity.sub_(1.0).mul_(beta).exp_()

@@ -86,14 +86,24 @@ def epoch_inputs(train: FeatureSet, generator: torch.Generator) -> torch.Tensor:
     return aug[view, torch.arange(n, device=aug.device)].float()
 
 
-def train_epochs(params: list[torch.nn.Parameter], logits_fn: Callable[[torch.Tensor], torch.Tensor],
-                 train: FeatureSet, val: FeatureSet | None, schedule: TrainSchedule, seed: int) -> TrainResult:
+def _features_only(x: torch.Tensor) -> tuple[torch.Tensor]:
+    return (x,)
+
+
+def train_epochs(params: list[torch.nn.Parameter], logits_fn: Callable[..., torch.Tensor], train: FeatureSet,
+                 val: FeatureSet | None, schedule: TrainSchedule, seed: int,
+                 prepare: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None) -> TrainResult:
     """Train `params` with cross-entropy on `logits_fn(features [B, D]) -> [B, C]`; keep the best epoch on `val`.
 
     AdamW with cosine annealing stepped per batch over `epochs · ceil(N / batch_size)` steps (as the official
     Tip-Adapter-F/APE-T loops). After every epoch the validation accuracy is measured; the parameters of the first
     epoch with the highest accuracy are restored at the end. Without `val` the last epoch is kept.
+
+    `prepare(features [N, D]) -> (tensor [N, ...], ...)` hoists what does not depend on `params` out of the steps:
+    it runs once per distinct epoch input (once in all without augmented views) and once for `val`, and
+    `logits_fn(*rows)` then receives the batch's rows of those tensors instead of the features.
     """
+    prepare = prepare or _features_only
     gen = torch.Generator().manual_seed(seed)
     n = len(train)
     steps_per_epoch = -(-n // schedule.batch_size)
@@ -102,13 +112,19 @@ def train_epochs(params: list[torch.nn.Parameter], logits_fn: Callable[[torch.Te
     labels = train.labels.to(train.features.device)
     result = TrainResult()
     best_acc, best_state = -1.0, None
+    fixed_inputs = train.aug_features is None or train.aug_features.shape[0] == 0
+    rows: tuple[torch.Tensor, ...] | None = None
+    val_rows: tuple[torch.Tensor, ...] | None = None
     for epoch in range(schedule.epochs):
         x = epoch_inputs(train, gen)
         perm = torch.randperm(n, generator=gen).to(x.device)
+        if rows is None or not fixed_inputs:
+            with torch.no_grad():
+                rows = prepare(x)
         losses, correct = [], 0
         for start in range(0, n, schedule.batch_size):
             idx = perm[start:start + schedule.batch_size]
-            out = logits_fn(x[idx])
+            out = logits_fn(*(r[idx] for r in rows))
             loss = F.cross_entropy(out, labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -119,7 +135,9 @@ def train_epochs(params: list[torch.nn.Parameter], logits_fn: Callable[[torch.Te
         row: dict[str, Any] = {"epoch": epoch, "loss": sum(losses) / len(losses), "train_acc": correct / n}
         if val is not None and len(val):
             with torch.no_grad():
-                row["val_acc"] = accuracy(logits_fn(val.features.float().to(x.device)), val.labels)
+                if val_rows is None:
+                    val_rows = prepare(val.features.float().to(x.device))
+                row["val_acc"] = accuracy(logits_fn(*val_rows), val.labels)
             if row["val_acc"] > best_acc:
                 best_acc, result.best_epoch = row["val_acc"], epoch
                 best_state = [p.detach().clone() for p in params]

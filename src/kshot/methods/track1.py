@@ -121,6 +121,27 @@ def track1_logits(features: torch.Tensor, text_weights: torch.Tensor, keys_sel: 
     return torch.addmm(cache, features, new_text.T, beta=alpha, alpha=scale)
 
 
+def track1_train_rows(features: torch.Tensor, text_weights: torch.Tensor, keys_sel: torch.Tensor,
+                      channels: torch.Tensor, blocks: ClassBlocks, key_weights: torch.Tensor, beta: float,
+                      scale: float) -> tuple[torch.Tensor, ...]:
+    """The parts of `track1_logits` that training does not change, for features [N, D].
+
+    With f'·(F'_m + R_c) = f'·F'_m + f'·R_c the kernel factors per class, exp(β f'·R_c) · exp(−β(1 − f'·F'_m)),
+    so the weighted segment sum S [N, C] over the fixed keys is computed once. Returns (s·fWᵀ [N, C], f_Q [N, Q]
+    the selected raw channels, f' [N, Q], S [N, C]).
+    """
+    feats_p = project(features, channels)
+    sums = in_row_chunks(lambda f: kernel_sum(f @ keys_sel.T, beta, blocks, key_weights), feats_p)
+    return scale * features @ text_weights.T, features[:, channels], feats_p, sums
+
+
+def track1_train_logits(clip: torch.Tensor, feats_q: torch.Tensor, feats_p: torch.Tensor, sums: torch.Tensor,
+                        residual: torch.Tensor, alpha: float, beta: float, scale: float) -> torch.Tensor:
+    """`track1_logits` from `track1_train_rows`' parts: clip + s·f_Q Rᵀ + α·exp(β f'Rᵀ) ⊙ S -> [B, C]."""
+    cache = torch.exp(beta * (feats_p @ residual.T)) * sums
+    return torch.addmm(clip, feats_q, residual.T, alpha=scale) + alpha * cache
+
+
 @dataclass(frozen=True)
 class Track1Config:
     """Track1 hyper-parameters (defaults: `XD-mu/JITTOR-Track1:configs/jittor.yaml` unless noted).
@@ -195,11 +216,15 @@ class Track1(Method):
         blocks = ClassBlocks.of(key_labels, c)
         train_weights = torch.exp(cfg.init_gamma * kl)
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return in_row_chunks(lambda f: track1_logits(f, text, keys_sel, key_labels, channels, residual, blocks,
-                                                         train_weights, cfg.init_alpha, cfg.init_beta, scale), x)
+        def prepare(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return track1_train_rows(x, text, keys_sel, channels, blocks, train_weights, cfg.init_beta, scale)
 
-        trained = train_epochs([residual], forward, task.train, task.val, TrainSchedule.of(cfg), task.seed)
+        def forward(clip: torch.Tensor, feats_q: torch.Tensor, feats_p: torch.Tensor,
+                    sums: torch.Tensor) -> torch.Tensor:
+            return track1_train_logits(clip, feats_q, feats_p, sums, residual, cfg.init_alpha, cfg.init_beta, scale)
+
+        trained = train_epochs([residual], forward, task.train, task.val, TrainSchedule.of(cfg), task.seed,
+                               prepare)
         self.text_weights_, self.keys_sel_, self.key_labels_ = text, keys_sel, key_labels
         self.channels_, self.kl_, self.residual_ = channels, kl, residual.detach().clone()
         self.scale_, self.num_classes_ = scale, c
