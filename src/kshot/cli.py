@@ -524,19 +524,10 @@ def _eval_test_split(data: Path, test: Optional[Path], layout: str, test_split: 
 
 
 def _csv(text: str, option: str, kind: type) -> list:
-    """'1,2,4' -> [1, 2, 4]; a ConfigError naming `option` for an empty list or a value that is not a `kind`."""
-    from kshot.errors import ConfigError
+    """'1,2,4' -> [1, 2, 4]; a ConfigError naming `option` (`kshot.config.parse_list`)."""
+    from kshot.config import parse_list
 
-    items = [t.strip() for t in text.split(",")]
-    try:
-        values = [kind(t) for t in items if t]
-    except ValueError:
-        raise ConfigError(f"{option} {text!r}: expected comma-separated {kind.__name__}s (e.g. 1,2,4)") from None
-    if not values or len(values) != len(items):
-        raise ConfigError(f"{option} {text!r}: expected comma-separated {kind.__name__}s (e.g. 1,2,4)")
-    if kind is int and any(v < 0 for v in values):
-        raise ConfigError(f"{option} {text!r}: values must be >= 0")
-    return values
+    return parse_list(text, option, kind)
 
 
 @app.command()

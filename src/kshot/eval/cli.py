@@ -18,13 +18,15 @@ from kshot import experiment as wf
 from kshot.backbones import load_backbone
 from kshot.data.catalog import CATALOG, COOP11
 from kshot.data.coop_source import load_any
-from kshot.errors import ConfigError
+from kshot.config import parse_list
+from kshot.errors import ConfigError, DataError
 from kshot.eval.fewshot import FewShotInputs, FewShotProtocol, ResultStore, run_fewshot
 from kshot.eval.paper import paper_rows, write_tables
 from kshot.eval.base2new import DEFAULT_METHODS as BASE2NEW_METHODS
 from kshot.eval.base2new import markdown_table as base2new_table
 from kshot.eval.report import plot_curves
 from kshot.methods.prompting.cli import run_base2new
+from kshot.methods import METHODS
 from kshot.features import FeatureStore, default_cache_dir
 from kshot.toyworld.export import export_world
 from kshot.toyworld.generator import World
@@ -35,23 +37,30 @@ app = typer.Typer(help="The few-shot paper table over several datasets.")
 
 
 def dataset_paths(datasets: str, root: Optional[Path], out: Path) -> list[Path]:
-    """'toy' (the toy world, exported under OUT/data once), 'coop11' (ROOT/<folder> x 11) or comma-separated paths."""
+    """'toy' (the toy world, exported under OUT/data by `export_toy`), 'coop11' (ROOT/<folder> x 11) or comma-separated
+    paths (bare names under ROOT); every folder but the toy one must exist (a DataError naming the missing ones)."""
     paths = []
-    for d in (x.strip() for x in datasets.split(",") if x.strip()):
+    for d in parse_list(datasets, "--datasets", str):
         if d == "toy":
-            target = out / "data" / "toy"
-            if not target.is_dir():
-                export_world(World(), "imagefolder", target, n_train=8, n_val=2, n_test=4, seed=0)
-            paths.append(target)
+            paths.append(out / "data" / "toy")
         elif d == "coop11":
             if root is None:
                 raise ConfigError("--datasets coop11 needs --root DATA (the folder `kshot data prepare` filled)")
             paths += [root / CATALOG[n].folder for n in COOP11]
         else:
             paths.append(root / d if root is not None and not Path(d).exists() else Path(d))
-    if not paths:
-        raise ConfigError("--datasets is empty")
+    missing = [p for p in paths if p != out / "data" / "toy" and not p.is_dir()]
+    if missing:
+        hint = " (prepare them with `kshot data prepare NAME --root DATA`)" if root is not None else ""
+        raise DataError(f"dataset folder(s) not found: {', '.join(map(str, missing))}{hint}")
     return paths
+
+
+def export_toy(paths: list[Path], out: Path) -> None:
+    """Export the toy world (8 train / 2 val / 4 test images per class) where `paths` asks for it, once."""
+    target = out / "data" / "toy"
+    if target in paths and not target.is_dir():
+        export_world(World(), "imagefolder", target, n_train=8, n_val=2, n_test=4, seed=0)
 
 
 @app.callback(invoke_without_command=True)
@@ -63,33 +72,43 @@ def bench(
                                                "tip_adapter,lpp; base2new: zeroshot,coop,atprompt)."),
     shots: Optional[str] = typer.Option(None, help="Comma-separated K values (default 1,2,4,8,16; base2new: 16)."),
     seeds: str = typer.Option("1,2,3", help="Comma-separated seeds."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="method.key=value override; repeat."),
     backbone: str = typer.Option("toy:clip", "--backbone", "-b", help="Backbone spec (as in `kshot eval`)."),
     out: Path = typer.Option(Path("kshot-out/bench"), "--out", "-o", help="Results folder (results.jsonl, tables)."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder (default $KSHOT_CACHE)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: CUDA when available)."),
 ) -> None:
     """Run methods x shots x seeds on every dataset and write table.md/.csv/.json/.tex with the published column
-    (base2new: `table_base2new.md`, base / new / HM per dataset and their average)."""
+    (base2new: `table_base2new.md`, base / new / HM per dataset and their average).
+
+    Every option (protocol, methods and their --set values, shots, seeds, dataset folders) is checked before any
+    work starts."""
     if protocol not in ("fewshot", "base2new"):
         raise ConfigError(f"unknown protocol {protocol!r}; available: fewshot, base2new")
-    methods = [m.strip() for m in method_names.split(",")] if method_names else (
+    methods = parse_list(method_names, "--methods", str) if method_names else (
         list(BASE2NEW_METHODS) if protocol == "base2new" else ["tip_adapter", "lpp"])
-    ks = tuple(int(k) for k in (shots or ("16" if protocol == "base2new" else "1,2,4,8,16")).split(","))
-    seed_list = tuple(int(s) for s in seeds.split(","))
+    sets = wf.method_overrides(overrides or [], methods)
+    image_trained = [m for m in methods if "image" in METHODS.get(m).trains_encoders]
+    if image_trained and protocol != "base2new":
+        raise ConfigError(f"{', '.join(image_trained)} train(s) the image encoder on the shot images; --protocol "
+                          f"{protocol} runs from cached features (use --protocol base2new, or `kshot fit`)")
+    ks = tuple(parse_list(shots or ("16" if protocol == "base2new" else "1,2,4,8,16"), "--shots", int))
+    seed_list = tuple(parse_list(seeds, "--seeds", int))
     paths = dataset_paths(datasets, root, out)
+    export_toy(paths, out)
     bb = load_backbone(backbone, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if protocol == "base2new":
         recs = []
         for path in paths:
-            res = run_base2new(path, methods=methods, backbone=bb, shots=ks, seeds=seed_list, out=out, cache=cache,
-                               device=device, progress=console.print)
+            res = run_base2new(path, methods=methods, backbone=bb, shots=ks, seeds=seed_list, overrides=sets,
+                               out=out, cache=cache, device=device, progress=console.print)
             recs += res["records"]
         table = base2new_table(recs)
         (out / "table_base2new.md").write_text(table)
         Console().print(table)
         console.print(f"results in {out}: table_base2new.md")
         return
-    proto = FewShotProtocol(methods, ks, seed_list)
+    proto = FewShotProtocol(methods, ks, seed_list, sets)
     fs = FeatureStore(cache or default_cache_dir())
     store = ResultStore(out / "results.jsonl")
     names, records = [], []
@@ -97,7 +116,7 @@ def bench(
         pool, test = load_any(path, split="train"), load_any(path, split="test")
         spec = wf.prompt_spec_for(pool)
         inputs = FewShotInputs(pool.name, bb.spec, fs.get(bb, pool, name="pool"), fs.get(bb, test, name="test"),
-                               pool.classnames, wf.text_weights_for(bb, pool, spec), bb.logit_scale)
+                               pool.classnames, wf.text_weights_for(bb, pool, spec), bb.logit_scale, encoder=bb)
         recs = run_fewshot(inputs, proto, store, progress=lambda s, n=pool.name: console.print(f"{n}: {s}"))
         plot_curves(recs, out / f"{pool.name}_curves.png", f"{pool.name} — {bb.spec}")
         names.append(pool.name)
