@@ -241,11 +241,10 @@ def predict(
     Example: kshot predict new_photos/ -a runs/auto -o labels.csv
     """
     from kshot import experiment as ex
-    from kshot.data.sources import load_dataset
 
     if backend not in ("torch", "jittor"):
         raise KshotError(f"--backend must be torch or jittor, not {backend!r}")
-    ds = load_dataset(data, layout=layout, split=split)
+    ds = _read_images(data, layout, split)
     if onnx is not None:
         from kshot.deploy.onnx_predict import predict_dataset
 
@@ -273,6 +272,15 @@ def predict(
     fs = _store(cache, device).get(bb, ds, name=f"{ds.name}/{split}")
     _write_predictions(fs, ex.predict_logits(m, fs), ds, k, out, result_txt, fmt, names,
                        str(artifact) if artifact is not None else f"zeroshot:{backbone}")
+
+
+def _read_images(data: Path, layout: str, split: str):
+    """`split` of DATA: a CoOp benchmark folder (`is_benchmark_folder`) through its definition, else by layout."""
+    from kshot.data.benchmarks import is_benchmark_folder, load_benchmark
+    from kshot.data.sources import load_dataset
+
+    bench = is_benchmark_folder(data) if layout == "auto" else None
+    return load_benchmark(data, split, bench.name) if bench else load_dataset(data, layout=layout, split=split)
 
 
 def _predict_jittor(ds, artifact, method, classes, backbone, templates, prompts, python, device):
@@ -303,11 +311,9 @@ def _artifact_method(artifact: Path, device: Optional[str]):
 
 def _zeroshot_classes(ds, method: str, classes: Optional[Path]):
     """The dataset giving the class list of a prediction without an artifact (only zero-shot needs none)."""
-    from kshot.data.sources import load_dataset
-
     if method != "zeroshot":
         raise KshotError(f"--method {method} needs a fitted --artifact (run `kshot fit` first)")
-    class_ds = load_dataset(classes, layout="auto", split="train") if classes else ds
+    class_ds = _read_images(classes, "auto", "train") if classes else ds
     if not class_ds.classnames:
         raise KshotError("no class list: pass --classes with a labelled dataset or a challenge root")
     return class_ds

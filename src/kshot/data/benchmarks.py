@@ -88,6 +88,17 @@ def find_benchmark(name: str) -> Benchmark | None:
     return None
 
 
+def is_benchmark_folder(path: str | Path) -> Benchmark | None:
+    """The benchmark whose CoOp layout the folder `path` holds, or None: its name must be the benchmark's (folder,
+    name or alias) and it must hold its split file (FGVCAircraft: `variants.txt`; ImageNet: `classnames.txt`), so a
+    plain photo folder that happens to be called `imagenet` is not one."""
+    path = Path(path)
+    b = find_benchmark(path.name) if path.is_dir() else None
+    marker = None if b is None else {"FGVCAircraft": "variants.txt", "ImageNet": "classnames.txt"}.get(
+        b.name, b.split_file)
+    return b if marker is not None and (path / marker).is_file() else None
+
+
 def get_benchmark(name: str) -> Benchmark:
     """Like `find_benchmark`, but unknown names are a `DataError` listing the known ones."""
     b = find_benchmark(name)
