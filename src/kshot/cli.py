@@ -275,12 +275,16 @@ def predict(
 
 
 def _read_images(data: Path, layout: str, split: str):
-    """`split` of DATA: a CoOp benchmark folder (`is_benchmark_folder`) through its definition, else by layout."""
-    from kshot.data.benchmarks import is_benchmark_folder, load_benchmark
+    """`split` of DATA: a CoOp benchmark or ImageNet-variant folder (`is_benchmark_folder`, `is_variant_folder`)
+    through its definition, anything else by layout."""
+    from kshot.data.benchmarks import is_benchmark_folder
+    from kshot.data.coop_source import load_any
+    from kshot.data.imagenet_variants import is_variant_folder
     from kshot.data.sources import load_dataset
 
-    bench = is_benchmark_folder(data) if layout == "auto" else None
-    return load_benchmark(data, split, bench.name) if bench else load_dataset(data, layout=layout, split=split)
+    if layout == "auto" and (is_benchmark_folder(data) or is_variant_folder(data)):
+        return load_any(data, split=split)
+    return load_dataset(data, layout=layout, split=split)
 
 
 def _predict_jittor(ds, artifact, method, classes, backbone, templates, prompts, python, device):
