@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 
 import pytest
@@ -160,3 +161,16 @@ def test_registry_unknown_name_suggests_closest():
     reg: Registry[int] = Registry("widget")
     with pytest.raises(KeyError):  # still a KeyError for callers that catch one
         reg.get("x")
+
+
+def test_parse_list_reads_and_refuses_in_one_line():
+    from kshot.config import parse_list
+
+    assert parse_list(" 1, 2,4 ", "--shots") == [1, 2, 4]
+    assert parse_list("tip_adapter,lpp", "--methods", str) == ["tip_adapter", "lpp"]
+    assert parse_list("-1.5", "--x", float, minimum=None) == [-1.5]
+    for text, kind, expected in (("1,,2", int, "--o '1,,2': expected comma-separated ints"),
+                                 ("", str, "expected comma-separated strs"), ("two", int, "ints (e.g. 1,2,4)"),
+                                 ("3,-1", int, "--o '3,-1': values must be >= 0")):
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            parse_list(text, "--o", kind)

@@ -274,11 +274,10 @@ def predict(
     Example: kshot predict new_photos/ -a runs/auto -o labels.csv
     """
     from kshot import experiment as ex
-    from kshot.data.sources import load_dataset
 
     if backend not in ("torch", "jittor"):
         raise KshotError(f"--backend must be torch or jittor, not {backend!r}")
-    ds = load_dataset(data, layout=layout, split=split)
+    ds = _read_images(data, layout, split)
     if onnx is not None:
         from kshot.deploy.onnx_predict import predict_dataset
 
@@ -303,6 +302,19 @@ def predict(
     fs = _store(cache, device).get(bb, ds, name=f"{ds.name}/{split}")
     _write_predictions(fs, ex.predict_logits(m, fs), ds, k, out, result_txt, fmt, names,
                        str(artifact) if artifact is not None else f"zeroshot:{backbone}")
+
+
+def _read_images(data: Path, layout: str, split: str):
+    """`split` of DATA: a CoOp benchmark or ImageNet-variant folder (`is_benchmark_folder`, `is_variant_folder`)
+    through its definition, anything else by layout."""
+    from kshot.data.benchmarks import is_benchmark_folder
+    from kshot.data.coop_source import load_any
+    from kshot.data.imagenet_variants import is_variant_folder
+    from kshot.data.sources import load_dataset
+
+    if layout == "auto" and (is_benchmark_folder(data) or is_variant_folder(data)):
+        return load_any(data, split=split)
+    return load_dataset(data, layout=layout, split=split)
 
 
 def _predict_jittor(ds, artifact, method, classes, backbone, templates, prompts, python, device):
@@ -341,11 +353,9 @@ def _inference_backbone(m, bb):
 
 def _zeroshot_classes(ds, method: str, classes: Optional[Path]):
     """The dataset giving the class list of a prediction without an artifact (only zero-shot needs none)."""
-    from kshot.data.sources import load_dataset
-
     if method != "zeroshot":
         raise KshotError(f"--method {method} needs a fitted --artifact (run `kshot fit` first)")
-    class_ds = load_dataset(classes, layout="auto", split="train") if classes else ds
+    class_ds = _read_images(classes, "auto", "train") if classes else ds
     if not class_ds.classnames:
         raise KshotError("no class list: pass --classes with a labelled dataset or a challenge root")
     return class_ds
@@ -562,19 +572,10 @@ def _eval_test_split(data: Path, test: Optional[Path], layout: str, test_split: 
 
 
 def _csv(text: str, option: str, kind: type) -> list:
-    """'1,2,4' -> [1, 2, 4]; a ConfigError naming `option` for an empty list or a value that is not a `kind`."""
-    from kshot.errors import ConfigError
+    """'1,2,4' -> [1, 2, 4]; a ConfigError naming `option` (`kshot.config.parse_list`)."""
+    from kshot.config import parse_list
 
-    items = [t.strip() for t in text.split(",")]
-    try:
-        values = [kind(t) for t in items if t]
-    except ValueError:
-        raise ConfigError(f"{option} {text!r}: expected comma-separated {kind.__name__}s (e.g. 1,2,4)") from None
-    if not values or len(values) != len(items):
-        raise ConfigError(f"{option} {text!r}: expected comma-separated {kind.__name__}s (e.g. 1,2,4)")
-    if kind is int and any(v < 0 for v in values):
-        raise ConfigError(f"{option} {text!r}: values must be >= 0")
-    return values
+    return parse_list(text, option, kind)
 
 
 @app.command()

@@ -247,6 +247,26 @@ def config_hash(doc: Any, length: int = 12) -> str:
 # ---------------------------------------------------------------- the one override grammar
 
 
+def parse_list(text: str, option: str, kind: type = int, minimum: float | None = 0) -> list:
+    """A comma-separated command-line list: '1,2,4' -> [1, 2, 4] (`kind` int, float or str).
+
+    Raises:
+        ConfigError: naming `option`, for an empty list, an empty item, a value that is not a `kind`, or a number
+            below `minimum` (None: no bound).
+    """
+    items = [t.strip() for t in str(text).split(",")]
+    example = {int: "1,2,4", float: "0.1,0.5"}.get(kind, "a,b")
+    try:
+        values = [kind(t) for t in items if t]
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected comma-separated {kind.__name__}s (e.g. {example})") from None
+    if not values or len(values) != len(items):
+        raise ConfigError(f"{option} {text!r}: expected comma-separated {kind.__name__}s (e.g. {example})")
+    if kind in (int, float) and minimum is not None and any(v < minimum for v in values):
+        raise ConfigError(f"{option} {text!r}: values must be >= {minimum}")
+    return values
+
+
 def parse_value(text: str) -> Any:
     """A `--set` value: JSON where it parses (`1e-3`, `true`, `[7, 3]`), then any float form (`nan`, `inf`), then
     YAML (`[a, b]`, `yes`); anything else stays a string (and then fails the field's type check by name)."""

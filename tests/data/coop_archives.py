@@ -17,6 +17,7 @@ from scipy.io import savemat
 from tests.data.conftest import write_rgb
 
 PER_CLASS = 5
+IMAGENET_NAMES = "n01440764 tench\nn01443537 goldfish\nn01484850 great white shark\n"  # fixture classnames.txt
 
 
 def _tar(path: Path, tree: Path, arcname: str) -> Path:
@@ -165,8 +166,33 @@ def imagenet(src: Path, tmp: Path) -> int:
     savemat(data / "meta.mat", {"synsets": synsets})
     (data / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{y}\n" for y in labels))
     _tar(src / "ILSVRC2012_devkit_t12.tar.gz", tmp / "ILSVRC2012_devkit_t12", "ILSVRC2012_devkit_t12")
-    (src / "classnames.txt").write_text("n01440764 tench\nn01443537 goldfish\nn01484850 great white shark\n")
+    (src / "classnames.txt").write_text(IMAGENET_NAMES)
     return len(wnids)
+
+
+def _with_readme(tree: Path) -> Path:
+    (tree / "README.txt").write_text("class folders are wnids\n")  # as in imagenet-a.tar / imagenet-r.tar
+    return tree
+
+
+def imagenet_variants(src: Path, tmp: Path) -> dict[str, int]:
+    """The four variants' archives over the three fixture ImageNet classes; returns {name: classes}.
+
+    V2's folders are the line numbers of classnames.txt; -A and -R hold two of the classes each (listed out of wnid
+    order), plus their README.txt."""
+    (src / "classnames.txt").write_text(IMAGENET_NAMES)
+    v2 = tmp / "imagenetv2-matched-frequency-format-val"
+    for c in (0, 1, 2):
+        for i in range(2):
+            write_rgb(v2 / str(c) / f"{c:02d}{i}a9f.jpeg", seed=700 + 10 * c + i, fmt="JPEG")
+    _tar(src / "imagenetv2-matched-frequency.tar.gz", v2, v2.name)
+    _zip(src / "ImageNet-Sketch.zip", _class_tree(tmp / "sketch", ["n01440764", "n01443537", "n01484850"],
+                                                  stem="sketch", seed=800), "sketch")
+    _tar(src / "imagenet-a.tar", _with_readme(_class_tree(tmp / "imagenet-a", ["n01484850", "n01443537"], seed=900)),
+         "imagenet-a")
+    _tar(src / "imagenet-r.tar", _with_readme(_class_tree(tmp / "imagenet-r", ["n01440764", "n01484850"], stem="art",
+                                                          seed=950)), "imagenet-r")
+    return {"ImageNetV2": 3, "ImageNetSketch": 3, "ImageNetA": 2, "ImageNetR": 2}
 
 
 WRITERS: dict[str, Callable[[Path, Path], int]] = {

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from kshot.errors import ConfigError, DataError
-from kshot.data.benchmarks import BENCHMARKS, find_benchmark, load_benchmark
+from kshot.data.benchmarks import BENCHMARKS, find_benchmark, is_benchmark_folder, load_benchmark
 from kshot.methods.prompting.presets import preset_overrides
 
 
@@ -66,3 +66,16 @@ def test_presets():
     assert preset_overrides("official", "dtd", "zeroshot") == {}
     with pytest.raises(ConfigError, match="unknown prompt preset"):
         preset_overrides("fast", "dtd", "coop")
+
+
+def test_is_benchmark_folder_needs_the_name_and_the_layout(tmp_path):
+    for folder, marker in (("dtd", "split_zhou_DescribableTextures.json"), ("fgvc_aircraft", "variants.txt"),
+                           ("imagenet", "classnames.txt")):
+        (tmp_path / folder).mkdir()
+        assert is_benchmark_folder(tmp_path / folder) is None  # a photo folder that happens to have the name
+        (tmp_path / folder / marker).write_text("")
+        assert is_benchmark_folder(tmp_path / folder).folder == folder
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "split_zhou_DescribableTextures.json").write_text("")
+    assert is_benchmark_folder(tmp_path / "photos") is None
+    assert is_benchmark_folder(tmp_path / "dtd" / "split_zhou_DescribableTextures.json") is None  # a file

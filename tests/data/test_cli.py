@@ -31,11 +31,12 @@ def test_list_names_every_dataset_and_what_it_needs():
     assert "StanfordCars: the original ai.stanford.edu link is dead" in out
 
 
-@pytest.mark.parametrize("name,counts", [("FGVCAircraft", (6, 3, 6)), ("ImageNet", (15, None, 6))])
+@pytest.mark.parametrize("name,counts", [("FGVCAircraft", (6, 3, 6)), ("ImageNet", (15, None, 6)),
+                                         ("DescribableTextures", None)])
 def test_prepare_check_eval_one_shot(name, counts, tmp_path, monkeypatch):
     e = catalog.CATALOG[name]
     classes = write_archives(name, tmp_path / "dl", tmp_path / "s")
-    monkeypatch.setitem(catalog.CATALOG, name, dataclasses.replace(e, classes=classes, counts=counts))
+    monkeypatch.setitem(catalog.CATALOG, name, dataclasses.replace(e, classes=classes, counts=counts or e.counts))
     data = tmp_path / "DATA"
     out = _ok(runner.invoke(app, ["data", "prepare", name, "--root", str(data), "--from", str(tmp_path / "dl")]))
     assert f"prepared in {data / e.folder}" in out
@@ -48,6 +49,12 @@ def test_prepare_check_eval_one_shot(name, counts, tmp_path, monkeypatch):
     _ok(runner.invoke(app, ["fit", str(data / e.folder), "-m", "tip_adapter", "-k", "1", "-o", str(tmp_path / "fit"),
                             "--cache", str(tmp_path / "cache")]))
     _ok(runner.invoke(app, ["extract", str(data / e.folder), "--split", "test", "--cache", str(tmp_path / "cache")]))
+    # predict classifies the folder's test split (images under its image dir) and scores it with its labels
+    n_test = json.loads((data / e.folder / "kshot_manifest.json").read_text())["counts"]["test"]
+    for how in (["-a", str(tmp_path / "fit")], []):
+        out = _ok(runner.invoke(app, ["predict", str(data / e.folder), *how, "-o", str(tmp_path / "p.csv"),
+                                      "--cache", str(tmp_path / "cache")]))
+        assert f"wrote {n_test} predictions" in out and "top1" in out
 
 
 def test_check_failure_exits_with_the_problem(tmp_path, monkeypatch):

@@ -7,9 +7,11 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from kshot.cli import app
+from kshot.errors import DataError, KshotError
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -48,3 +50,38 @@ def test_readme_base2new_table_command_runs_on_the_toy_world(tmp_path, monkeypat
     assert r.exit_code == 0, r.output + repr(r.exception)
     table = (tmp_path / "runs" / "paper-toy-b2n" / "table_base2new.md").read_text()
     assert "| base | new | HM |" in table and "| toy | zeroshot |" in table and "| toy | coop |" in table
+
+
+BENCH_CASES = [
+    (["--datasets", "toy", "--shots", "1,x"], "--shots '1,x': expected comma-separated ints"),
+    (["--datasets", "toy", "--shots", "-2"], "--shots '-2': values must be >= 0"),
+    (["--datasets", "toy", "--seeds", "1,,2"], "--seeds '1,,2': expected comma-separated ints"),
+    (["--datasets", "toy", "--methods", "tip_adaptr"], "unknown method 'tip_adaptr' (did you mean 'tip_adapter'?)"),
+    (["--datasets", "toy", "--methods", "tip_adapter,"], "--methods 'tip_adapter,': expected comma-separated strs"),
+    (["--datasets", "toy", "--methods", "tip_adapter", "--set", "init_alpha=nan"], "init_alpha must be a finite"),
+    (["--datasets", "toy", "--methods", "tip_adapter,lpp", "--set", "coop.n_ctx=2"], "unknown section 'coop'"),
+    (["--datasets", "toy", "--methods", "clip_lora"], "clip_lora train(s) the image encoder on the shot images"),
+    (["--datasets", "toy", "--protocol", "b2n"], "unknown protocol 'b2n'"),
+    (["--datasets", "toy,,nowhere"], "--datasets 'toy,,nowhere': expected comma-separated strs"),
+    (["--datasets", "toy,nowhere"], "dataset folder(s) not found: nowhere"),
+    (["--datasets", "coop11"], "--datasets coop11 needs --root DATA"),
+]
+
+
+@pytest.mark.parametrize("extra,expected", BENCH_CASES, ids=[" ".join(c[0]) for c in BENCH_CASES])
+def test_bench_refuses_bad_options_before_any_work(tmp_path, monkeypatch, extra, expected):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["bench", *extra, "-o", str(tmp_path / "out"), "--cache", str(tmp_path / "c")])
+    assert r.exit_code != 0 and isinstance(r.exception, KshotError), r.output + repr(r.exception)
+    msg = str(r.exception)
+    assert expected in msg and "\n" not in msg
+    assert not (tmp_path / "out").exists() and not (tmp_path / "c").exists()  # no toy export, no features
+
+
+def test_bench_coop11_names_the_missing_folders(tmp_path):
+    (tmp_path / "DATA" / "dtd").mkdir(parents=True)
+    r = CliRunner().invoke(app, ["bench", "--datasets", "coop11", "--root", str(tmp_path / "DATA"),
+                                 "-o", str(tmp_path / "out")])
+    assert isinstance(r.exception, DataError)
+    msg = str(r.exception)
+    assert "imagenet" in msg and "fgvc_aircraft" in msg and "/dtd" not in msg and "kshot data prepare" in msg

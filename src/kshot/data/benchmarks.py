@@ -88,6 +88,17 @@ def find_benchmark(name: str) -> Benchmark | None:
     return None
 
 
+def is_benchmark_folder(path: str | Path) -> Benchmark | None:
+    """The benchmark whose CoOp layout the folder `path` holds, or None: its name must be the benchmark's (folder,
+    name or alias) and it must hold its split file (FGVCAircraft: `variants.txt`; ImageNet: `classnames.txt`), so a
+    plain photo folder that happens to be called `imagenet` is not one."""
+    path = Path(path)
+    b = find_benchmark(path.name) if path.is_dir() else None
+    marker = None if b is None else {"FGVCAircraft": "variants.txt", "ImageNet": "classnames.txt"}.get(
+        b.name, b.split_file)
+    return b if marker is not None and (path / marker).is_file() else None
+
+
 def get_benchmark(name: str) -> Benchmark:
     """Like `find_benchmark`, but unknown names are a `DataError` listing the known ones."""
     b = find_benchmark(name)
@@ -155,9 +166,7 @@ def _read_imagenet(root: Path, split: str) -> Dataset:
         raise DataError(f"{root}: ImageNet needs classnames.txt (`<wnid> <class name>` per line; CoOp's DATASETS.md)")
     pairs = [ln.strip().split(" ", 1) for ln in names_file.read_text().splitlines() if ln.strip()]
     folder = root / "images" / sub
-    wnids = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    if not wnids:
-        raise DataError(f"{folder}: no class folders (expected images/{sub}/<wnid>/...)")
+    wnids = imagenet_wnids(root, split)
     names = dict((p[0], p[1] if len(p) > 1 else p[0]) for p in pairs)
     missing = [w for w in wnids if w not in names]
     if missing:
@@ -165,3 +174,12 @@ def _read_imagenet(root: Path, split: str) -> Dataset:
     items = [Item(f"{w}/{f}", label) for label, w in enumerate(wnids) for f in list_images(folder / w)]
     classnames = [names[w] for w in wnids]
     return Dataset(root=folder, items=items, classnames=classnames, name="ImageNet", raw_classnames=classnames)
+
+
+def imagenet_wnids(root: str | Path, split: str = "train") -> list[str]:
+    """The wnids of an ImageNet folder's classes in label order (its sorted `images/<split>/<wnid>/` folders)."""
+    folder = Path(root) / "images" / {"test": "val"}.get(split, split)
+    wnids = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if not wnids:
+        raise DataError(f"{folder}: no class folders (expected images/{folder.name}/<wnid>/...)")
+    return wnids

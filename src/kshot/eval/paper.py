@@ -51,12 +51,14 @@ def published(method: str, backbone: str, shots: int, path: Path = _PUBLISHED) -
 
 
 def paper_rows(records: Sequence[dict[str, Any]], datasets: Sequence[str], backbone: str,
-               compare: bool = True) -> list[Row]:
+               compare: bool = True, average_of: Sequence[str] | None = None) -> list[Row]:
     """Aggregate protocol records of `datasets` (names as in the records) into table rows.
 
     Args:
         compare: add the published average (only meaningful when `datasets` are CoOp's 11).
+        average_of: the datasets the average is over (default: all; domain generalisation: the targets).
     """
+    over = list(datasets if average_of is None else average_of)
     vals: dict[tuple[str, int], dict[str, list[float]]] = {}
     for r in records:
         if r["dataset"] in datasets:
@@ -64,7 +66,7 @@ def paper_rows(records: Sequence[dict[str, Any]], datasets: Sequence[str], backb
     rows = []
     for (method, shots), by_ds in sorted(vals.items()):
         cells = {d: (float(np.mean(v)), float(np.std(v)), len(v)) for d, v in by_ds.items()}
-        avg = float(np.mean([cells[d][0] for d in datasets])) if all(d in cells for d in datasets) else None
+        avg = float(np.mean([cells[d][0] for d in over])) if all(d in cells for d in over) else None
         pub = published(method, backbone, shots) if compare else None
         rows.append(Row(method, shots, cells, avg, pub[0] if pub else None, pub[1] if pub else None))
     return rows
@@ -121,12 +123,12 @@ def to_csv(rows: Sequence[Row], datasets: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def write_tables(rows: Sequence[Row], datasets: Sequence[str], out: Path) -> list[Path]:
-    """Write table.md, table.csv, table.json and table.tex into `out` (atomically); returns the paths."""
+def write_tables(rows: Sequence[Row], datasets: Sequence[str], out: Path, stem: str = "table") -> list[Path]:
+    """Write <stem>.md, .csv, .json and .tex into `out` (atomically); returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
     payload = {"datasets": list(datasets), "rows": [asdict(r) | {"diff": r.diff} for r in rows]}
-    files = {"table.md": markdown(rows, datasets), "table.csv": to_csv(rows, datasets),
-             "table.json": json.dumps(payload, indent=2) + "\n", "table.tex": latex(rows, datasets)}
+    files = {f"{stem}.md": markdown(rows, datasets), f"{stem}.csv": to_csv(rows, datasets),
+             f"{stem}.json": json.dumps(payload, indent=2) + "\n", f"{stem}.tex": latex(rows, datasets)}
     for name, text in files.items():
         atomic_write_text(out / name, text)
     return [out / n for n in files]
