@@ -15,6 +15,7 @@ def server(tmp_path_factory):
     import uvicorn
 
     from kshot.serve import ServeConfig, create_app
+    from kshot.serve.safety import ZipLimits
     from kshot.toyworld.export import export_world
     from kshot.toyworld.generator import World
 
@@ -22,7 +23,8 @@ def server(tmp_path_factory):
     export_world(World(), "imagefolder", base / "data" / "toy", domains=("Creatures",), n_train=4, n_val=2, n_test=3,
                  seed=0)
     (base / "outside").mkdir()
-    cfg = ServeConfig([base / "data"], base / "runs", base / "cache", max_upload_bytes=200_000, max_pixels=512 * 512)
+    cfg = ServeConfig([base / "data"], base / "runs", base / "cache", max_upload_bytes=200_000, max_pixels=512 * 512,
+                      max_zip_bytes=3_000_000, zip_limits=ZipLimits(max_bytes=20_000_000, max_ratio=50))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

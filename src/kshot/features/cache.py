@@ -14,6 +14,9 @@ Layout of one entry `<root>/<key>/`:
   * ``manifest.json`` — written last: the key fields, shapes, which rank wrote each part and the skipped images.
 The parts are deleted once the manifest is written.
 
+Within one process `get` holds a per-entry lock (two threads asking for one entry compute it once; the second reads
+the joined result) and temp files carry the thread id, so threads never write or delete each other's files.
+
 Parts are the unit of sharding: with a `Shard` (kshot.features.distributed) rank r computes parts r, r + W, ... and
 rank 0 joins them (see docs/scale-out.md). Memory is bounded: extraction streams one chunk at a time, and the join
 needs the output tensors plus one part.
@@ -26,6 +29,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +69,19 @@ def cache_key(backbone: Backbone, dataset: Dataset, policy: AugmentPolicy) -> tu
     return key, fields
 
 
+_ENTRY_LOCKS: dict[Path, threading.Lock] = {}
+_ENTRY_LOCKS_GUARD = threading.Lock()
+
+
+def _entry_lock(entry: Path) -> threading.Lock:
+    """The process-wide lock of one cache entry folder (threads of one process fill an entry one at a time)."""
+    with _ENTRY_LOCKS_GUARD:
+        return _ENTRY_LOCKS.setdefault(entry.resolve(), threading.Lock())
+
+
 def _tmp_path(path: Path) -> Path:
-    return path.parent / f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}"
+    """A temp name unique to this host, process and thread."""
+    return path.parent / f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -203,6 +218,11 @@ class FeatureStore:
         key, fields = cache_key(backbone, dataset, policy)
         entry = self.root / key
         self.last_computed, self.last_parts = [], 0
+        with _entry_lock(entry):
+            return self._get(backbone, dataset, policy, name, shard, key, fields, entry)
+
+    def _get(self, backbone: Backbone, dataset: Dataset, policy: AugmentPolicy, name: str, shard: Shard, key: str,
+             fields: dict[str, Any], entry: Path) -> FeatureSet:
         if (entry / "manifest.json").is_file():
             fs = self._load_entry(entry, dataset, repair=shard.rank == 0)
             if fs is not None:

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -119,7 +120,7 @@ class ImageCache:
 
     @staticmethod
     def _create_images(path: Path, nbytes: int) -> None:
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}-{threading.get_ident()}")
         with open(tmp, "wb") as f:
             f.truncate(nbytes)  # sparse: disk blocks are allocated as rows are written
         os.replace(tmp, path)
@@ -176,7 +177,7 @@ class ImageCache:
                 else:
                     reasons[i] = why
             bad = sorted(reasons)
-            tmp = self.dir / f"state.tmp{os.getpid()}.npz"
+            tmp = self.dir / f"state.tmp{os.getpid()}-{threading.get_ident()}.npz"
             np.savez(tmp, status=status, bad_index=np.asarray(bad, dtype=np.int64),
                      bad_reason=np.asarray([reasons[i] for i in bad], dtype=np.str_))
             os.replace(tmp, self.dir / "state.npz")
@@ -225,6 +226,6 @@ class ImageCache:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}-{threading.get_ident()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)

@@ -1,31 +1,69 @@
-"""Fits in a worker thread, each into its own run folder, and loaded runs held for prediction.
+"""Fits in worker threads, each into its own run folder, and loaded runs held for prediction.
 
 A fit writes into `<runs>/.<name>.partial` and is renamed to `<runs>/<name>` when complete, `name` being unique per
 job (method, shots, seed and a random suffix), so two fits at once never share a folder and a crashed fit never looks
-like a run. The steps are `kshot fit`'s (kshot.experiment: select_shots ... FittedRun.save), then the run is scored on
-the dataset's test split when it has a labelled one.
+like a run; the feature cache they share is safe across threads (kshot.features.cache). The steps are `kshot fit`'s
+(kshot.experiment: select_shots ... FittedRun.save), with the shots the user dropped in the gallery left out; then
+the run is scored on the dataset's test split when it has a labelled one: top-1, per-class recall, the confusion
+matrix as `confusion.png` and the misclassified test images with their top-5 (`metrics.json`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from kshot.backbones.base import Backbone
-from kshot.errors import ConfigError, KshotError
+from kshot.data.dataset import Dataset
+from kshot.errors import DataError, KshotError
 from kshot.methods.base import Method
 
 log = logging.getLogger(__name__)
+MAX_MISTAKES = 60  # misclassified test images kept in metrics.json (the gallery); the count is always exact
+_BACKBONES_LOCK = threading.Lock()
+_PLOT_LOCK = threading.Lock()  # pyplot keeps global state
+
+
+def shared_backbone(spec: str, backbones: dict[str, Backbone]) -> Backbone:
+    """The backbone `spec`, loaded once per server and shared by fits and predictions (thread-safe)."""
+    from kshot.backbones import load_backbone
+
+    with _BACKBONES_LOCK:
+        if spec not in backbones:
+            backbones[spec] = load_backbone(spec)
+        return backbones[spec]
+
+
+def item_path(data: Path, ds: Dataset, i: int) -> str | None:
+    """Item `i` of `ds` as a '/' path relative to the dataset folder `data` (None when it lies outside it)."""
+    try:
+        return ds.abspath(i).resolve().relative_to(data.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def draw_shots(data: Path, shots: int, seed: int) -> list[dict[str, Any]]:
+    """The shots `kshot fit -k shots --seed seed` uses on the dataset folder `data`: [{'path', 'class'}], by class."""
+    from kshot import experiment as ex
+    from kshot.data.sources import load_dataset
+
+    pool = load_dataset(data, split="train")
+    sel = ex.select_shots(pool, shots, seed)
+    order = sorted(sel.shots.tolist(), key=lambda i: (pool.items[i].label, i))
+    return [{"path": item_path(data, pool, i), "class": pool.classnames[pool.items[i].label]} for i in order]
 
 
 @dataclass
@@ -35,6 +73,8 @@ class Job:
     id: str
     status: str = "queued"  # queued | running | done | failed
     step: str = ""
+    started: float | None = None  # time.time() when a worker took it
+    ended: float | None = None
     run: str | None = None
     error: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -63,12 +103,10 @@ class LoadedRun:
 
 def load_run(path: Path, backbones: dict[str, Backbone]) -> LoadedRun:
     """A `kshot fit` folder as a LoadedRun (backbones shared through `backbones`, by spec)."""
-    from kshot.backbones import load_backbone
     from kshot.experiment import FittedRun
 
     run = FittedRun.load(path)
-    spec = run.info["backbone"]
-    bb = backbones.get(spec) or backbones.setdefault(spec, load_backbone(spec))
+    bb = shared_backbone(run.info["backbone"], backbones)
     run.check_backbone(bb, path.name)
     if run.method.needs_backbone:
         run.method.attach_backbone(bb)
@@ -76,56 +114,96 @@ def load_run(path: Path, backbones: dict[str, Backbone]) -> LoadedRun:
 
 
 class FitRunner:
-    """Runs fits one after another in a worker thread (the server stays responsive) and keeps their Job records."""
+    """Runs fits in `workers` threads (the server stays responsive; fits beyond that queue) and keeps their Jobs."""
 
-    def __init__(self, runs_dir: Path, cache: Path, backbones: dict[str, Backbone]):
+    def __init__(self, runs_dir: Path, cache: Path, backbones: dict[str, Backbone], workers: int = 2):
         self.runs_dir, self.cache, self.backbones = runs_dir, cache, backbones
         self.jobs: dict[str, Job] = {}
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kshot-fit")
-        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kshot-fit")
 
-    def submit(self, data: Path, method: str, shots: int, seed: int, backbone: str) -> Job:
-        from kshot.methods import create
+    def submit(self, data: Path, method: str, shots: int, seed: int, backbone: str, drop: list[str] | None = None,
+               dataset: str = "") -> Job:
+        """Queue a fit; an unknown method is a ConfigError now (the registry's message), not a failed job."""
+        from kshot.methods import METHODS
 
-        try:
-            create(method)  # an unknown method name fails now, with the registry's message
-        except KeyError as e:
-            raise ConfigError(str(e).strip('"')) from None
+        METHODS.check(method)
         job = Job(uuid.uuid4().hex[:12])
         self.jobs[job.id] = job
-        self._pool.submit(self._run, job, data, method, shots, seed, backbone)
+        self._pool.submit(self._run, job, data, method, shots, seed, backbone, list(drop or []), dataset)
         return job
 
-    def _run(self, job: Job, data: Path, method: str, shots: int, seed: int, backbone: str) -> None:
+    def _run(self, job: Job, data: Path, method: str, shots: int, seed: int, backbone: str, drop: list[str],
+             dataset: str) -> None:
         name = f"{method}-{shots}shot-s{seed}-{job.id}"
         tmp = self.runs_dir / f".{name}.partial"
-        job.status = "running"
+        job.status, job.started = "running", time.time()
         try:
-            job.metrics = fit_run(data, method, shots, seed, backbone, tmp, self.cache, self.backbones, job)
+            job.metrics = fit_run(data, method, shots, seed, backbone, tmp, self.cache, self.backbones, job,
+                                  drop=drop, dataset=dataset)
             tmp.rename(self.runs_dir / name)
-            job.run, job.status, job.step = name, "done", "done"
+            job.run, job.step, job.ended = name, "done", time.time()
+            job.status = "done"  # last: a poller that sees it sees the rest
         except Exception as e:  # reported to the page; the server keeps running
             shutil.rmtree(tmp, ignore_errors=True)
-            job.status, job.error = "failed", str(e) if isinstance(e, KshotError) else f"{type(e).__name__}: {e}"
+            job.ended = time.time()
+            job.error = str(e) if isinstance(e, KshotError) else f"{type(e).__name__}: {e}"
+            job.status = "failed"
             if not isinstance(e, KshotError):
                 log.exception("fit %s failed", job.id)
 
 
-def fit_run(data: Path, method: str, shots: int, seed: int, backbone: str, out: Path, cache: Path,
-            backbones: dict[str, Backbone], job: Job) -> dict[str, Any]:
-    """`kshot fit` into `out` and the validation/test top-1 (fractions) and per-class test recall."""
-    import numpy as np
+def drop_shots(data: Path, pool: Dataset, shots: np.ndarray, drop: list[str]) -> np.ndarray:
+    """`shots` (pool indices) without the items whose dataset-relative paths are in `drop`.
 
+    Raises:
+        DataError: a path that is not among the shots, or a class left without any shot.
+    """
+    if not drop:
+        return shots
+    paths = [item_path(data, pool, int(i)) for i in shots]
+    unknown = sorted(set(drop) - set(paths))
+    if unknown:
+        raise DataError(f"cannot drop {unknown[0]!r}: it is not one of the drawn shots (re-draw the gallery)")
+    keep = np.array([p not in set(drop) for p in paths])
+    labels = pool.labels[shots]
+    emptied = sorted(set(labels.tolist()) - set(labels[keep].tolist()))
+    if emptied:
+        raise DataError(f"dropping those shots leaves class {pool.classnames[emptied[0]]!r} without any")
+    return shots[keep]
+
+
+def check_drop(data: Path, shots: int, seed: int, drop: list[str]) -> None:
+    """Raise the DataError `drop_shots` would raise in the worker, before the fit is queued."""
     from kshot import experiment as ex
-    from kshot.backbones import load_backbone
     from kshot.data.sources import load_dataset
+
+    if drop:
+        pool = load_dataset(data, split="train")
+        drop_shots(data, pool, ex.select_shots(pool, shots, seed).shots, drop)
+
+
+def fit_run(data: Path, method: str, shots: int, seed: int, backbone: str, out: Path, cache: Path,
+            backbones: dict[str, Backbone], job: Job, drop: list[str] | None = None, dataset: str = ""
+            ) -> dict[str, Any]:
+    """`kshot fit` into `out` (minus the `drop`ped shots) and its scores.
+
+    Returns:
+        {'val_top1', 'test_top1' (fractions), 'recall' {class: fraction}, 'confusion' (file name in `out`),
+        'mistakes' [{'path', 'true', 'top' [{'class', 'prob'}] x5}] (at most MAX_MISTAKES), 'n_mistakes',
+        'dataset', 'dropped'}; the test entries only when the dataset has a labelled test split.
+    """
+    from kshot import experiment as ex
+    from kshot.data.sources import load_dataset
+    from kshot.eval.metrics import confusion_matrix
+    from kshot.eval.report import plot_confusion
     from kshot.features import ExtractConfig, FeatureStore
     from kshot.methods import create
 
     job.step = "loading data"
     pool = load_dataset(data, split="train")
     sel = ex.select_shots(pool, shots, seed)
-    bb = backbones.get(backbone) or backbones.setdefault(backbone, load_backbone(backbone))
+    sel = ex.ShotSelection(drop_shots(data, pool, sel.shots, list(drop or [])), sel.val)
+    bb = shared_backbone(backbone, backbones)
     store = FeatureStore(cache, extract=ExtractConfig(num_workers=0, progress=False))
     job.step = "extracting features"
     used, local = ex.remap_selection(sel)
@@ -139,19 +217,34 @@ def fit_run(data: Path, method: str, shots: int, seed: int, backbone: str, out: 
     out.mkdir(parents=True)
     info = ex.FittedRun.describe(bb, pool, spec, method=method, shots=shots, seed=seed, data=data)
     ex.FittedRun(m, info).save(out, pool, sel.shots)
-    metrics: dict[str, Any] = {}
-    if task.val is not None:
+    metrics: dict[str, Any] = {"dataset": dataset, "dropped": sorted(drop or [])}
+    if task.val is not None and len(task.val.labels):
         metrics["val_top1"] = float((m.logits(task.val.features).argmax(1) == task.val.labels).float().mean())
     job.step = "scoring the test split"
     try:
         test = load_dataset(data, split="test")
     except KshotError:
-        return metrics
-    if test.has_labels and len(test):
+        test = None
+    if test is not None and test.has_labels and len(test):
         fs = store.get(bb, test, name="test")
-        pred = ex.predict_logits(m, fs).argmax(1).numpy()
-        y = fs.labels.numpy()
+        probs = ex.predict_logits(m, fs).float().softmax(-1)
+        top_p, top_i = probs.topk(min(5, probs.shape[1]), dim=1)
+        pred, y = top_i[:, 0].numpy(), fs.labels.numpy()
+        names = pool.classnames
         metrics["test_top1"] = float((pred == y).mean())
-        metrics["recall"] = {pool.classnames[c]: float((pred[y == c] == c).mean()) for c in np.unique(y)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        metrics["recall"] = {names[c]: float((pred[y == c] == c).mean()) for c in np.unique(y)}
+        with _PLOT_LOCK:
+            plot_confusion(confusion_matrix(pred, y, len(names)), names, out / "confusion.png",
+                           f"{method}, {shots} shots: test confusion (rows: true class)")
+        metrics["confusion"] = "confusion.png"
+        wrong = np.flatnonzero(pred != y)
+        index = {p: i for i, p in enumerate(test.items[j].path for j in range(len(test)))}
+        metrics["n_mistakes"] = int(len(wrong))
+        metrics["mistakes"] = [
+            {"path": item_path(data, test, index[fs.paths[r]]), "true": names[int(y[r])],
+             "top": [{"class": names[int(c)], "prob": float(p)} for p, c in zip(top_p[r], top_i[r])]}
+            for r in wrong[:MAX_MISTAKES]]
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=1))
+    os.replace(tmp, out / "metrics.json")
     return metrics
