@@ -174,6 +174,7 @@ def fit(
     pool = load_any(data, layout=layout, split=split)
     sel = ex.select_shots(pool, shots, seed, shots_file=shots_file)
     bb = _load_backbone(backbone, device)
+    m.preflight(pool.classnames, bb, images=True)  # prompt lengths/depths, before features or training
     store = _store(cache, device)
     used, local = ex.remap_selection(sel)
     policy = AugmentPolicy(augment, views) if views else AugmentPolicy()
@@ -482,10 +483,11 @@ def eval_(
                           f"each class, seed {holdout_seed}) are the test split")
         else:
             test_ds = _eval_test_split(path, test, layout, test_split)
+        ex.preflight(names, per_method, pool.classnames, bb)  # every method checked before extraction/training
         spec = ex.prompt_spec_for(pool, templates, prompts)
         inputs = FewShotInputs(pool.name, bb.spec, store.get(bb, pool, name="pool"),
                                store.get(bb, test_ds, name="test"), pool.classnames,
-                               ex.text_weights_for(bb, pool, spec), bb.logit_scale)
+                               ex.text_weights_for(bb, pool, spec), bb.logit_scale, encoder=bb)
         records = run_fewshot(inputs, proto, results, progress=console.print)
         table = markdown_table(records)
         (out / f"{pool.name}_table.md").write_text(table)
