@@ -220,7 +220,8 @@ def predict(
     classes: Optional[Path] = typer.Option(None, help="Dataset giving the class list (zero-shot on unlabelled data)."),
     backbone: str = BackboneOpt,
     layout: str = LayoutOpt,
-    split: str = typer.Option("test", help="Split of DATA to classify."),
+    split: Optional[str] = typer.Option(None, help="Split of DATA to classify (default: its test split if it has "
+                                        "one, else the whole folder)."),
     templates: Optional[list[str]] = typer.Option(None, "--template", help="Prompt template(s) with {}; repeat."),
     prompts: Optional[Path] = typer.Option(None, help="Prompt JSON file or folder."),
     k: int = typer.Option(5, "-k", help="Top-k ids to write."),
@@ -242,10 +243,11 @@ def predict(
     Example: kshot predict new_photos/ -a runs/auto -o labels.csv
     """
     from kshot import experiment as ex
-    from kshot.data.sources import load_dataset
+    from kshot.data.sources import default_split, load_dataset
 
     if backend not in ("torch", "jittor"):
         raise KshotError(f"--backend must be torch or jittor, not {backend!r}")
+    split = split or default_split(data, layout)
     ds = load_dataset(data, layout=layout, split=split)
     if onnx is not None:
         from kshot.deploy.onnx_predict import predict_dataset
@@ -368,8 +370,11 @@ def score(
     labels: Path = typer.Option(..., "--labels", help="Labelled dataset, or a '<image path> <label>' list whose "
                                 "labels are class names or ids (the images need not exist here)."),
     layout: str = LayoutOpt,
-    split: str = typer.Option("test", help="Split of the labelled dataset."),
+    split: Optional[str] = typer.Option(None, help="Split of the labelled dataset (default: its test split if it "
+                                        "has one, else the whole folder)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON (confusions by name)."),
+    skip_missing: bool = typer.Option(False, "--skip-missing", help="Drop labelled images whose files do not exist "
+                                      "(default: an error listing them)."),
 ) -> None:
     """Metrics of predictions against labels: top-1, top-5, mean per-class recall, per domain, confusions.
 
@@ -377,14 +382,19 @@ def score(
     """
     import numpy as np
 
-    from kshot.data.sources import detect_layout, load_dataset
+    from kshot.data.paths import MissingFilesError
+    from kshot.data.sources import default_split, detect_layout, load_dataset
     from kshot.eval.metrics import summarize
     from kshot.eval.predictions import Predictions, read_labels
     from kshot.eval.result_file import read_result_txt
 
     as_list = labels.is_file() and (layout in ("list", "listfile") or (layout == "auto"
                                                                         and detect_layout(labels) == "listfile"))
-    ds = None if as_list else load_dataset(labels, layout=layout, split=split)
+    try:
+        ds = None if as_list else load_dataset(labels, layout=layout, split=split or default_split(labels, layout),
+                                               on_missing="skip" if skip_missing else "error")
+    except MissingFilesError as e:
+        raise e.with_hint("(pass --skip-missing to score without them)") from None
     if predictions.suffix.lower() in (".csv", ".json"):
         preds = Predictions.read(predictions)
     else:
