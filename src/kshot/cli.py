@@ -178,6 +178,7 @@ def fit(
         pool = load_any(data, layout=layout, split=split)
         sel = ex.select_shots(pool, shots, seed, shots_file=shots_file)
         bb = _load_backbone(backbone, dev)
+        m.preflight(pool.classnames, bb, images=True)  # prompt lengths/depths, before features or training
         store = _store(cache, dev, progress=shard is None or shard.rank == 0)
         used, local = ex.remap_selection(sel)
         policy = AugmentPolicy(augment, views) if views else AugmentPolicy()
@@ -252,7 +253,8 @@ def predict(
     classes: Optional[Path] = typer.Option(None, help="Dataset giving the class list (zero-shot on unlabelled data)."),
     backbone: str = BackboneOpt,
     layout: str = LayoutOpt,
-    split: str = typer.Option("test", help="Split of DATA to classify."),
+    split: Optional[str] = typer.Option(None, help="Split of DATA to classify (default: its test split if it has "
+                                        "one, else the whole folder)."),
     templates: Optional[list[str]] = typer.Option(None, "--template", help="Prompt template(s) with {}; repeat."),
     prompts: Optional[Path] = typer.Option(None, help="Prompt JSON file or folder."),
     k: int = typer.Option(5, "-k", help="Top-k ids to write."),
@@ -304,17 +306,18 @@ def predict(
                        str(artifact) if artifact is not None else f"zeroshot:{backbone}")
 
 
-def _read_images(data: Path, layout: str, split: str):
-    """`split` of DATA: a CoOp benchmark or ImageNet-variant folder (`is_benchmark_folder`, `is_variant_folder`)
-    through its definition, anything else by layout."""
+def _read_images(data: Path, layout: str, split: Optional[str]):
+    """`split` of DATA (default: its test split if it has one, else the whole folder): a CoOp benchmark or
+    ImageNet-variant folder (`is_benchmark_folder`, `is_variant_folder`) through its definition, anything else by
+    layout."""
     from kshot.data.benchmarks import is_benchmark_folder
     from kshot.data.coop_source import load_any
     from kshot.data.imagenet_variants import is_variant_folder
-    from kshot.data.sources import load_dataset
+    from kshot.data.sources import default_split, load_dataset
 
     if layout == "auto" and (is_benchmark_folder(data) or is_variant_folder(data)):
-        return load_any(data, split=split)
-    return load_dataset(data, layout=layout, split=split)
+        return load_any(data, split=split or "test")
+    return load_dataset(data, layout=layout, split=split or default_split(data, layout))
 
 
 def _predict_jittor(ds, artifact, method, classes, backbone, templates, prompts, python, device):
@@ -415,8 +418,11 @@ def score(
     labels: Path = typer.Option(..., "--labels", help="Labelled dataset, or a '<image path> <label>' list whose "
                                 "labels are class names or ids (the images need not exist here)."),
     layout: str = LayoutOpt,
-    split: str = typer.Option("test", help="Split of the labelled dataset."),
+    split: Optional[str] = typer.Option(None, help="Split of the labelled dataset (default: its test split if it "
+                                        "has one, else the whole folder)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON (confusions by name)."),
+    skip_missing: bool = typer.Option(False, "--skip-missing", help="Drop labelled images whose files do not exist "
+                                      "(default: an error listing them)."),
 ) -> None:
     """Metrics of predictions against labels: top-1, top-5, mean per-class recall, per domain, confusions.
 
@@ -424,14 +430,19 @@ def score(
     """
     import numpy as np
 
-    from kshot.data.sources import detect_layout, load_dataset
+    from kshot.data.paths import MissingFilesError
+    from kshot.data.sources import default_split, detect_layout, load_dataset
     from kshot.eval.metrics import summarize
     from kshot.eval.predictions import Predictions, read_labels
     from kshot.eval.result_file import read_result_txt
 
     as_list = labels.is_file() and (layout in ("list", "listfile") or (layout == "auto"
                                                                         and detect_layout(labels) == "listfile"))
-    ds = None if as_list else load_dataset(labels, layout=layout, split=split)
+    try:
+        ds = None if as_list else load_dataset(labels, layout=layout, split=split or default_split(labels, layout),
+                                               on_missing="skip" if skip_missing else "error")
+    except MissingFilesError as e:
+        raise e.with_hint("(pass --skip-missing to score without them)") from None
     if predictions.suffix.lower() in (".csv", ".json"):
         preds = Predictions.read(predictions)
     else:
@@ -530,10 +541,11 @@ def eval_(
                           f"each class, seed {holdout_seed}) are the test split")
         else:
             test_ds = _eval_test_split(path, test, layout, test_split)
+        ex.preflight(names, per_method, pool.classnames, bb)  # every method checked before extraction/training
         spec = ex.prompt_spec_for(pool, templates, prompts)
         inputs = FewShotInputs(pool.name, bb.spec, store.get(bb, pool, name="pool"),
                                store.get(bb, test_ds, name="test"), pool.classnames,
-                               ex.text_weights_for(bb, pool, spec), bb.logit_scale)
+                               ex.text_weights_for(bb, pool, spec), bb.logit_scale, encoder=bb)
         records = run_fewshot(inputs, proto, results, progress=console.print)
         table = markdown_table(records)
         (out / f"{pool.name}_table.md").write_text(table)

@@ -121,6 +121,27 @@ def build_task(method: Method | type[Method], train: FeatureSet, classnames: Seq
                 backbone=backbone if method.needs_backbone else None, images=images, seed=seed)
 
 
+def preflight(methods: Sequence[str], overrides: dict[str, dict[str, Any]], classnames: Sequence[str],
+              backbone: Backbone | None, *, images: bool = False) -> None:
+    """Create every method of a run with its overrides and run its `Method.preflight` (no training), before the
+    first fit; every failure is reported in one error (one '; '-separated line), not after hours of others.
+
+    Args:
+        methods: registered names; overrides: {method: {field: value}}.
+        classnames: all class names the run fits and scores (base-to-new: base and new).
+        backbone: what the run hands to methods that need one (None: nothing); images: whether it hands shot images.
+    """
+    problems: list[ConfigError | DataError] = []
+    for name in dict.fromkeys(methods):
+        try:
+            create(name, **overrides.get(name, {})).preflight(list(classnames), backbone, images=images)
+        except (ConfigError, DataError) as e:
+            problems.append(e)
+    if problems:
+        kind = type(problems[0]) if len(problems) == 1 else ConfigError
+        raise kind("; ".join(map(str, problems)) + " (checked before any training)")
+
+
 def empty_features(dim: int) -> FeatureSet:
     """A FeatureSet without items (the train split of a zero-shot Task)."""
     return FeatureSet(torch.zeros(0, dim), torch.zeros(0, dtype=torch.long), [])

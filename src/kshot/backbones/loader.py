@@ -9,6 +9,7 @@ Spec forms:
 | `open_clip:ARCH@/path/file` | open_clip config with weights from a local .pt/.pth/.bin/.safetensors/.pkl |
 | `open_clip:hf-hub:ORG/REPO`, `hf-hub:ORG/REPO` | Hugging Face hub id, passed to open_clip (online or cached) |
 | `/path/file` or `file:/path/file` | CLIP weights file, architecture inferred from the shapes (or `arch=`) |
+| `/path/toy.pkl` (+ `toy.pkl.layout.json`) | the tiny CLIP exported by `kshot export --backbone toy:clip` |
 | `timm:NAME[.TAG]` | timm pretrained image model (online or cached) |
 | `timm:NAME@random`, `timm:NAME@/path/file` | timm random init / local weights |
 | `toy:clip` | the shipped tiny CLIP of `kshot.toyworld` |
@@ -21,6 +22,7 @@ whole spec, the text after `prefix:` and the `LoadOptions`.
 from __future__ import annotations
 
 import importlib
+import json
 import inspect
 import logging
 import os
@@ -45,7 +47,37 @@ _PREFIX = re.compile(r"^([A-Za-z][\w.-]+):(.*)$", re.DOTALL)  # two+ chars, so '
 
 
 def _load_path(spec: str, rest: str, opts: LoadOptions) -> Backbone:
-    return load_file(spec, Path(rest).expanduser(), opts)
+    path = Path(rest).expanduser()
+    toy = _toy_sidecar(path)
+    if toy is not None:  # a `kshot export --backbone toy:clip` file: rebuilt from the config its sidecar carries
+        return _toy_loader()(spec=spec, weights=path, config=toy, device=opts.device).to(opts.device)
+    return load_file(spec, path, opts)
+
+
+def _toy_sidecar(path: Path) -> dict | None:
+    """The toy CLIP config in `<file>.layout.json` (written by `kshot export --format jittor --backbone toy:clip`),
+    or None when there is no such sidecar or it describes another model."""
+    sidecar = Path(str(path) + ".layout.json")
+    if not sidecar.is_file():
+        return None
+    try:
+        doc = json.loads(sidecar.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{sidecar}: unreadable layout sidecar ({e})") from None
+    return doc.get("toy") if isinstance(doc, dict) else None
+
+
+def _toy_loader() -> Callable[..., Backbone]:
+    """`load_toy_clip` of the toy world (imported by name: the toy world sits above the backbones)."""
+    for module in ("kshot.toyworld.checkpoint", "kshot.toyworld.model"):
+        try:
+            fn = getattr(importlib.import_module(module), "load_toy_clip", None)
+        except ImportError as e:
+            logger.debug("toy:clip: %s not importable: %s", module, e)
+            continue
+        if fn is not None:
+            return fn
+    raise ConfigError("toy:clip is not available: kshot.toyworld provides no load_toy_clip()")
 
 
 def _load_hf(spec: str, rest: str, opts: LoadOptions) -> Backbone:
@@ -56,16 +88,7 @@ def _load_toy(spec: str, rest: str, opts: LoadOptions) -> Backbone:
     name, _, weights = rest.partition("@")
     if name != "clip":
         raise ConfigError(f"unknown toy backbone {spec!r}; the toy world ships 'toy:clip' (or toy:clip@WEIGHTS)")
-    load_toy_clip = None
-    for module in ("kshot.toyworld.checkpoint", "kshot.toyworld.model"):
-        try:
-            load_toy_clip = getattr(importlib.import_module(module), "load_toy_clip", None)
-        except ImportError as e:
-            logger.debug("toy:clip: %s not importable: %s", module, e)
-        if load_toy_clip is not None:
-            break
-    if load_toy_clip is None:
-        raise ConfigError("toy:clip is not available: kshot.toyworld provides no load_toy_clip()")
+    load_toy_clip = _toy_loader()
     params = inspect.signature(load_toy_clip).parameters
     kwargs = {k: v for k, v in (("device", opts.device), ("spec", spec), ("weights", weights or None)) if k in params}
     return load_toy_clip(**kwargs).to(opts.device)

@@ -96,11 +96,13 @@ def read_image_folder(root: Path | str, *, on_empty: OnEmpty = "error", name: st
 
 def read_flat_folder(root: Path | str, *, classnames: Sequence[str] | None = None,
                      raw_classnames: Sequence[str] | None = None, class_domains: Sequence[str] | None = None,
-                     name: str | None = None) -> Dataset:
-    """Read a flat folder of unlabelled images (a test set): items are the file names in sorted order.
+                     name: str | None = None, recursive: bool = False) -> Dataset:
+    """Read a folder of unlabelled images (a test set): items are the file names (with `recursive`, the '/'-separated
+    paths of every image below `root`) in sorted order.
 
     Args:
         root: the folder.
+        recursive: also read the images in sub-folders (hidden ones skipped); they stay unlabelled.
         classnames: the class list the images will be classified into, if known.
         raw_classnames: their raw spelling (same length).
         class_domains: their domains (same length).
@@ -109,9 +111,10 @@ def read_flat_folder(root: Path | str, *, classnames: Sequence[str] | None = Non
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
-    names = list_images(root)
+    names = _images_under(root) if recursive else list_images(root)
     if not names:
-        raise DataError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise DataError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+                        + ("" if recursive else " directly in it"))
     check_unique_names(names, str(root))
     n_cls = len(classnames or [])
     for what, xs in (("raw class names", raw_classnames), ("class domains", class_domains)):

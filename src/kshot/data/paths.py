@@ -23,11 +23,17 @@ _MAX_LISTED = 20
 
 
 class MissingFilesError(DataError):
-    """Files named by a split/list do not exist. `missing` holds every (path, where) pair, not only the listed ones."""
+    """Files named by a split/list do not exist. `missing` holds every (path, where) pair, not only the listed ones;
+    `hint` (the message's last line) says how to go on without them, in the caller's terms (`with_hint`)."""
 
-    def __init__(self, message: str, missing: list[tuple[str, str]]):
-        super().__init__(message)
-        self.missing = missing
+    def __init__(self, message: str, missing: list[tuple[str, str]],
+                 hint: str = "(pass on_missing='skip' to drop them and continue)"):
+        super().__init__(f"{message}\n{hint}" if hint else message)
+        self.body, self.missing, self.hint = message, missing, hint
+
+    def with_hint(self, hint: str) -> "MissingFilesError":
+        """The same error with another last line (a command names its flag instead of the Python argument)."""
+        return MissingFilesError(self.body, self.missing, hint)
 
 
 def is_image_name(name: str) -> bool:
@@ -111,8 +117,7 @@ def check_missing(root: Path, relpaths: Sequence[str], wheres: Sequence[str], on
         shown = "\n".join(f"  {w}: {p}" for p, w in pairs[:_MAX_LISTED])
         more = f"\n  ... and {len(pairs) - _MAX_LISTED} more" if len(pairs) > _MAX_LISTED else ""
         raise MissingFilesError(
-            f"{len(missing)} of {len(relpaths)} files listed in {source} do not exist under {root}:\n{shown}{more}\n"
-            "(pass on_missing='skip' to drop them and continue)",
+            f"{len(missing)} of {len(relpaths)} files listed in {source} do not exist under {root}:\n{shown}{more}",
             pairs,
         )
     log.warning("%d of %d files listed in %s are missing under %s; skipped", len(missing), len(relpaths), source, root)

@@ -80,14 +80,15 @@ def _imagefolder(path: Path, split: str, classes_file, image_root, on_missing) -
     return read_image_folder(path)
 
 
-@LAYOUTS.register("folder", "flat folder of unlabelled images (+ optional classes file)")
+@LAYOUTS.register("folder", "folder of unlabelled images, sub-folders included (+ optional classes file)")
 def _folder(path: Path, split: str, classes_file, image_root, on_missing) -> Dataset:
     _refuse("folder", image_root=image_root)
     if classes_file is None:
-        return read_flat_folder(path)
+        return read_flat_folder(path, recursive=True)
     raw = read_classes_file(classes_file)
     names, doms = challenge_classes(raw)
-    return read_flat_folder(path, classnames=names, raw_classnames=raw, class_domains=domains_or_none(doms))
+    return read_flat_folder(path, classnames=names, raw_classnames=raw, class_domains=domains_or_none(doms),
+                            recursive=True)
 
 
 def detect_layout(path: Path | str) -> str:
@@ -106,6 +107,12 @@ def detect_layout(path: Path | str) -> str:
     if len(list(path.glob("split_zhou_*.json"))) == 1:
         return "coop"
     if looks_like_image_folder(path):
+        loose = list_images(path)
+        if loose:
+            raise DataError(f"{path}: holds both images ({len(loose)}, e.g. {loose[0]}) and sub-folders of images, "
+                            "so it is neither a folder of images nor one folder per class; pass layout 'folder' "
+                            "(--layout folder: every image, unlabelled, sub-folders included) or 'imagefolder' "
+                            "(--layout imagefolder: the sub-folders are the classes, the loose images are ignored)")
         return "imagefolder"
     if list_images(path):
         return "folder"
@@ -118,6 +125,18 @@ def detect_layout(path: Path | str) -> str:
 
 #: Short names accepted for `layout` (the CLI documents `list`).
 LAYOUT_ALIASES = {"list": "listfile", "folder-of-classes": "imagefolder"}
+
+
+def default_split(path: Path | str, layout: str = "auto") -> str:
+    """The split a command that classifies or scores `path` reads when none is named: 'test' where the dataset has
+    one (an image folder with a `test/` folder of class folders, a split file, a challenge root), else 'train',
+    which is the whole folder for an image folder, a flat folder or a list file."""
+    path = Path(path)
+    name = detect_layout(path) if layout == "auto" else LAYOUT_ALIASES.get(layout, layout)
+    if name == "imagefolder":
+        sub = path / "test"
+        return "test" if sub.is_dir() and not list_images(sub) and looks_like_image_folder(sub) else "train"
+    return "test" if name in ("challenge", "coop") else "train"
 
 
 def load_dataset(path: Path | str, layout: str = "auto", split: str = "train", *,

@@ -27,7 +27,7 @@ import torch
 from kshot import __version__
 from kshot.data.fewshot import base_new_split
 from kshot.errors import DataError
-from kshot.experiment import ResultStore, Sweep, build_task, data_identity, jsonable, run_sweep
+from kshot.experiment import ResultStore, Sweep, build_task, data_identity, jsonable, preflight, run_sweep
 from kshot.experiment import draw_selection as draw_pool_selection
 from kshot.experiment import method_config_hash as config_hash
 from kshot.features.featureset import FeatureSet
@@ -190,7 +190,11 @@ def run_cell(inputs: Base2NewInputs, method: str, shots: int, seed: int, overrid
 
 def run_protocol(inputs: Base2NewInputs, protocol: Base2NewProtocol, store: ResultStore,
                  progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Run every missing cell (`kshot.experiment.run_sweep`); returns this sweep's records (old and new)."""
+    """Run every missing cell (`kshot.experiment.run_sweep`); returns this sweep's records (old and new).
+
+    Every method is checked first on all class names, base and new (`Method.preflight`)."""
+    preflight(protocol.methods, protocol.overrides, inputs.classnames, inputs.backbone,
+              images=inputs.pool_images is not None and inputs.test_features_for is not None)
     sweep = Sweep("base2new", inputs.name, inputs.spec, data_identity(inputs.test))
 
     def cell(method: str, k: int, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:

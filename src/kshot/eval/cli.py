@@ -141,6 +141,7 @@ def bench(
     names, records = [], []
     for path in paths:
         pool, test = load_any(path, split="train"), load_any(path, split="test")
+        wf.preflight(methods, {}, pool.classnames, bb)  # every method checked before extraction and training
         spec = wf.prompt_spec_for(pool)
         inputs = FewShotInputs(pool.name, bb.spec, fs.get(bb, pool, name="pool"), fs.get(bb, test, name="test"),
                                pool.classnames, wf.text_weights_for(bb, pool, spec), bb.logit_scale, encoder=bb)

@@ -17,7 +17,8 @@ import torch
 
 from kshot import __version__
 from kshot.eval.metrics import summarize, topk_ids
-from kshot.experiment import ResultStore, Sweep, build_task, data_identity, draw_selection, jsonable, run_sweep
+from kshot.experiment import (ResultStore, Sweep, build_task, data_identity, draw_selection, jsonable, preflight,
+                              run_sweep)
 from kshot.experiment import method_config_hash as config_hash
 from kshot.features.featureset import FeatureSet
 from kshot.methods import METHODS, config_to_dict, create
@@ -104,7 +105,10 @@ def run_cell(inputs: FewShotInputs, method: str, shots: int, seed: int, override
 
 def run_fewshot(inputs: FewShotInputs, protocol: FewShotProtocol, store: ResultStore,
                 progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Run every missing cell of the protocol (`kshot.experiment.run_sweep`); returns this sweep's records."""
+    """Run every missing cell of the protocol (`kshot.experiment.run_sweep`); returns this sweep's records.
+
+    Every method is checked first (`Method.preflight`: cached features only, `inputs.encoder` as its backbone)."""
+    preflight(protocol.methods, protocol.overrides, inputs.classnames, inputs.encoder, images=False)
     sweep = Sweep("fewshot", inputs.name, inputs.backbone, data_identity(inputs.test))
 
     def cell(method: str, k: int, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,8 @@ trailer) returns without any kshot or torch code:
 * **backbone weights** — `{JCLIP/OpenAI parameter name: float32 array}` only, so JCLIP's
   `model.load_parameters(jt.load(path))` takes it as it takes a converted `ViT-B-32.pkl`; the sizes, head counts and
   activation go to `<file>.layout.json` beside it (JCLIP infers them from shapes assuming OpenAI's conventions, which
-  a non-OpenAI model such as the toy CLIP does not follow: the export warns then);
+  a non-OpenAI model such as the toy CLIP does not follow: the export warns then); for the toy CLIP the sidecar
+  also holds its config under `toy` (sizes, tokenizer vocabulary, preprocessing), so `-b file.pkl` rebuilds it;
 * **a fitted method** (`kshot fit` folder) — `kshot_format="method/1"`, `method` (registered name), `config` and
   `meta` (JSON strings), then every tensor of `method.state_dict()` under its own name (Tip-Adapter's cache keys and
   values, LP++'s weights, linear heads, ...);
@@ -151,6 +152,8 @@ def export_jittor(out: str | Path, source: str | Path | None = None, backbone: A
         raise ConfigError("export needs exactly one of a source artifact or a backbone")
     if backbone is not None:
         kind, (doc, layout) = "backbone", backbone_to_jittor_dict(backbone)
+        if backbone.extra.get("toy_config"):  # the toy CLIP: its tokenizer vocabulary and sizes rebuild it
+            layout["toy"] = backbone.extra["toy_config"]
         sidecar = Path(str(out) + ".layout.json")
         sidecar.write_text(json.dumps(layout, indent=1))
         problems = openai_layout_problems(layout)

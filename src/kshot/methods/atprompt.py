@@ -89,6 +89,24 @@ class ATPrompt(PromptMethod):
                         momentum=c.momentum, weight_decay=c.weight_decay, warmup_epochs=c.warmup_epochs,
                         warmup_lr=c.warmup_lr)
 
+    def _preflight_prepare(self) -> None:
+        c = self.config
+        if c.attributes or not c.candidates:
+            self.attributes_ = self._fixed_attributes()[0]
+            return
+        tok = self.backbone_.tokenizer  # the search may pick any combination: check the longest one
+        longest = sorted(c.candidates, key=lambda a: len(content_ids(tok, a, what="attribute word")), reverse=True)
+        self.attributes_ = tuple(" ".join(a.split()) for a in longest[: c.search_max_size])
+
+    def _fixed_attributes(self) -> tuple[tuple[str, ...], str]:
+        """(attributes, source) when no search runs: the configured words, the paper's for `dataset`, or ImageNet's."""
+        c = self.config
+        if c.attributes:
+            return tuple(" ".join(a.split()) for a in c.attributes), "config"
+        if c.dataset:
+            return tuple(get_benchmark(c.dataset).attributes), f"paper ({get_benchmark(c.dataset).name})"
+        return FALLBACK_ATTRIBUTES, "fallback (ImageNet's)"
+
     def _prepare(self, task: Task, generator: torch.Generator) -> dict[str, Any]:
         c = self.config
         extra: dict[str, Any] = {}

@@ -101,6 +101,27 @@ class Method(ABC):
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """features [N, D] (L2-normalised) -> logits [N, C] on the features' device."""
 
+    def preflight(self, classnames: Sequence[str], backbone: Any = None, *, images: bool = False) -> None:
+        """Checks that need no training, run by `kshot fit`/`eval`/`bench` for every method before the first fit, so
+        a method that cannot run fails in seconds rather than after the others have trained. Subclasses extend it
+        (prompt methods build their prompts for `classnames` against the backbone's context and depth).
+
+        Args:
+            classnames: the C class names the method will be fitted on.
+            backbone: the loaded backbone of the run (None: the run hands the method no backbone).
+            images: True when the run can hand the method the shot image files (`Task.images`).
+
+        Raises:
+            ConfigError, DataError: one line saying what cannot run here and why.
+        """
+        if self.needs_backbone and backbone is None:
+            raise ConfigError(f"{self.name} runs the backbone's towers, and this run hands it none (run it with "
+                              "`kshot fit` or `kshot eval --protocol base2new`)")
+        if "image" in self.trains_encoders and not images:
+            raise ConfigError(f"{self.name} trains through the image encoder on the shot images, and this protocol "
+                              "runs from cached features only (run it with `kshot fit` or `kshot eval --protocol "
+                              "base2new`)")
+
     @classmethod
     def refit_overrides(cls, metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Config overrides of a refit on all shots from the `fitted_meta()` of the fold fits (`cv_tunes`)."""

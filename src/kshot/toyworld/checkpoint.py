@@ -72,21 +72,33 @@ def read_toy_config(path: str | Path | None = None) -> dict[str, Any]:
         raise CheckpointError(f"toy CLIP config {p} is not valid JSON: {e}") from e
 
 
-def load_toy_model(path: str | Path | None = None, weights: str | Path | None = None
+#: The config keys that rebuild the model and its inputs (what a Jittor export's layout sidecar carries).
+MODEL_KEYS = ("format_version", "arch", "model", "tokenizer", "preprocess")
+
+
+def load_toy_model(path: str | Path | None = None, weights: str | Path | None = None, config: dict | None = None
                    ) -> tuple[torch.nn.Module, ToyTokenizer, PreprocessCfg, dict]:
     """Rebuild the model (fp32, eval mode), its tokenizer and preprocessing from a checkpoint directory.
 
     Args:
-        weights: a safetensors state dict to use instead of the directory's weights (e.g. `kshot lora merge` output).
+        weights: a state dict to use instead of the directory's weights (e.g. `kshot lora merge` output): a
+            safetensors file, or any file `kshot.backbones.checkpoint.read_state_dict` reads (a Jittor `.pkl`).
+        config: the config itself (its `MODEL_KEYS`, e.g. from a `kshot export --format jittor` layout sidecar)
+            instead of the directory's JSON; then `weights` is required.
     """
     from safetensors.torch import load_file
+
+    from kshot.backbones.checkpoint import read_state_dict
 
     root = Path(path) if path is not None else ASSETS_DIR
     if root.suffix == ".json":
         root = root.parent
-    cfg = read_toy_config(root)
+    cfg = read_toy_config(root) if config is None else config
+    where = root / CONFIG_NAME if config is None else f"the toy CLIP config beside {weights}"
     if cfg.get("format_version") != FORMAT_VERSION or cfg.get("arch") != "toy-clip":
-        raise CheckpointError(f"{root / CONFIG_NAME} is not a toy CLIP config of format {FORMAT_VERSION}")
+        raise CheckpointError(f"{where} is not a toy CLIP config of format {FORMAT_VERSION}")
+    if config is not None and weights is None:
+        raise CheckpointError("a toy CLIP config without a checkpoint directory needs its weights file")
     weights = root / WEIGHTS_NAME if weights is None else Path(weights)
     if not weights.exists():
         raise CheckpointError(f"toy CLIP weights not found: {weights}")
@@ -99,7 +111,7 @@ def load_toy_model(path: str | Path | None = None, weights: str | Path | None = 
     )
     with torch.random.fork_rng(devices=[]):  # init is overwritten; keep the caller's RNG untouched
         model = build_toy_clip(model_cfg)
-    state = load_file(str(weights))
+    state = load_file(str(weights)) if weights.suffix == ".safetensors" else read_state_dict(weights)
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError as e:
@@ -109,14 +121,16 @@ def load_toy_model(path: str | Path | None = None, weights: str | Path | None = 
 
 def load_toy_clip(
     path: str | Path | None = None, device: str | torch.device = "cpu", spec: str = "toy:clip",
-    weights: str | Path | None = None,
+    weights: str | Path | None = None, config: dict | None = None,
 ) -> Backbone:
-    """The tiny CLIP as a kshot `Backbone` (default: the shipped checkpoint in kshot/toyworld/assets).
+    """The tiny CLIP as a kshot `Backbone` (default: the shipped checkpoint in kshot/toyworld/assets; `weights` and
+    `config` as in `load_toy_model`).
 
     The tokenizer maps list[str] -> int64 [N, 32]; preprocess maps a PIL image -> float [3, 32, 32] (RGB, squash
-    resize, toy mean/std); `logit_scale` is the model's learned temperature.
+    resize, toy mean/std); `logit_scale` is the model's learned temperature. `extra['toy_config']` holds the
+    config's `MODEL_KEYS`, so an export can carry what rebuilds it.
     """
-    model, tok, pre_cfg, cfg = load_toy_model(path, weights)
+    model, tok, pre_cfg, cfg = load_toy_model(path, weights, config)
     model.to(device)
     fingerprint = make_fingerprint("toy-clip", hash_state_dict(model.state_dict()), pre_cfg)
     return Backbone(
@@ -129,5 +143,6 @@ def load_toy_clip(
         embed_dim=int(cfg["model"]["embed_dim"]),
         fingerprint=fingerprint,
         logit_scale=float(model.logit_scale.detach().exp()),
-        extra={"world": cfg.get("world"), "metrics": cfg.get("metrics"), "recipe": cfg.get("recipe")},
+        extra={"world": cfg.get("world"), "metrics": cfg.get("metrics"), "recipe": cfg.get("recipe"),
+               "toy_config": {k: cfg[k] for k in MODEL_KEYS}},
     )

@@ -88,6 +88,7 @@ def run_base2new(
     from kshot.eval.base2new import plot_bars, run_protocol, split_classes
     from kshot.methods import METHODS
     from kshot.eval.fewshot import ResultStore
+    from kshot.experiment import preflight
     from kshot.features import AugmentPolicy, FeatureStore, default_cache_dir
     from kshot.features.extract import ExtractConfig
     from kshot.methods.prompting.presets import preset_overrides
@@ -109,6 +110,7 @@ def run_base2new(
         o.update((overrides or {}).get(m, {}))
         per[m] = o
     bb = _backbone(backbone, device)
+    preflight(names, per, pool.classnames, bb, images=True)  # every method, base and new names, before any work
     store = FeatureStore(Path(cache) if cache else default_cache_dir(), extract=ExtractConfig(device=device))
     base, _ = split_classes(pool.num_classes)
     labels = pool.labels

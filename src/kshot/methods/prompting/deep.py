@@ -185,6 +185,19 @@ class DeepPromptMethod(Method):
                                   f"layers of {backbone.spec!r} (allowed 1..{layers})")
         return tower, image
 
+    def preflight(self, classnames: Sequence[str], backbone: Any = None, *, images: bool = False) -> None:
+        """`Method.preflight`, then the prompt depths against the towers and every class's text prompt against the
+        backbone's context (nothing is trained)."""
+        super().preflight(classnames, backbone, images=images)
+        tower, _ = self._check_model(backbone)
+        tok = backbone.tokenizer
+        try:
+            pieces, groups, _ = self._text_design(tower, tok)
+            build_layout([pieces], list(classnames), tok, specials(tok), {g.name: g.size for g in groups},
+                         context_length=tower.context_length, trim=tower.can_trim)
+        except (ConfigError, DataError) as e:
+            raise type(e)(f"{self.name}: {e}" if not str(e).startswith(self.name) else str(e)) from None
+
     # ---- text prompts ---------------------------------------------------------------------------------------
     def _text_design(self, tower: TextTower, tokenizer: Any) -> tuple[list[Piece], list[GroupSpec], dict[str, Any]]:
         """Recipe pieces, groups and their init: [ATTR block][ctx × n][rest of ctx_init][CLASS][.]."""

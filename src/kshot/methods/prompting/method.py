@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -162,6 +162,31 @@ class PromptMethod(Method):
                               f"call method.attach_backbone(load_backbone({self.backbone_spec!r})) or use "
                               "kshot.methods.prompting.load_prompt_method(path)")
         return self.tower_
+
+    def preflight(self, classnames: Sequence[str], backbone: Any = None, *, images: bool = False) -> None:
+        """`Method.preflight`, then every class's prompt built against `backbone`'s tokenizer and context (the
+        prompts `fit` would build; nothing is trained). The method's fitted state is left as it was."""
+        super().preflight(classnames, backbone, images=images)
+        saved = (self.backbone_, self.tower_, self._learner, self.__dict__.get("attributes_"))
+        try:
+            self.attach_backbone(backbone, strict=False)
+            self._preflight_prepare()
+            tok = self.backbone_.tokenizer
+            design = self._design()
+            build_layout(design.recipes, list(classnames), tok, specials(tok), {g.name: g.size for g in design.groups},
+                         context_length=self.tower_.context_length, trim=self.tower_.can_trim)
+        except (ConfigError, DataError) as e:
+            raise type(e)(f"{self.name}: {e}") from None
+        finally:
+            self.backbone_, self.tower_, self._learner = saved[:3]
+            if saved[3] is None:
+                self.__dict__.pop("attributes_", None)
+            else:
+                self.attributes_ = saved[3]
+
+    def _preflight_prepare(self) -> None:
+        """Set what `_prepare` would set that `_design` reads, without training (ATPrompt: the longest attributes
+        `fit` may choose)."""
 
     # ---- building ---------------------------------------------------------------------------------------------
     def _build_learner(self, classnames: list[str], init: dict[str, torch.Tensor]) -> PromptLearner:
