@@ -96,7 +96,8 @@ def bench(
     for path in paths:
         pool, test = load_any(path, split="train"), load_any(path, split="test")
         spec = wf.prompt_spec_for(pool)
-        inputs = FewShotInputs(pool.name, bb.spec, fs.get(bb, pool, name="pool"), fs.get(bb, test, name="test"),
+        inputs = FewShotInputs(pool.name, bb.spec, fs.get(bb, pool, name="pool"),
+                               wf.test_features(fs, bb, test, pool.classnames, model=f"the training pool {path}"),
                                pool.classnames, wf.text_weights_for(bb, pool, spec), bb.logit_scale)
         recs = run_fewshot(inputs, proto, store, progress=lambda s, n=pool.name: console.print(f"{n}: {s}"))
         plot_curves(recs, out / f"{pool.name}_curves.png", f"{pool.name} — {bb.spec}")

@@ -148,7 +148,7 @@ def fit_run(data: Path, method: str, shots: int, seed: int, backbone: str, out: 
     except KshotError:
         return metrics
     if test.has_labels and len(test):
-        fs = store.get(bb, test, name="test")
+        fs = ex.test_features(store, bb, test, pool.classnames, model=f"the training pool {data}")
         pred = ex.predict_logits(m, fs).argmax(1).numpy()
         y = fs.labels.numpy()
         metrics["test_top1"] = float((pred == y).mean())
