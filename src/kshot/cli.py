@@ -379,8 +379,11 @@ def _write_predictions(fs, logits, ds, k, out, result_txt, fmt=None, classnames=
 
 
 def _score(preds, ds) -> dict:
+    """Metrics of `preds` against labelled `ds`, classes matched by name when the predictions name theirs (ids
+    otherwise, as in a result.txt); images of a class the predictions do not know count as wrong, with a warning."""
     import numpy as np
 
+    from kshot.data.classes import match_classes
     from kshot.eval.metrics import summarize
 
     by_path = {it.path: it for it in ds.items}
@@ -392,8 +395,20 @@ def _score(preds, ds) -> dict:
             raise KshotError(f"no label for predicted image {p!r} in the labelled dataset")
         labels.append(it.label)
         doms.append(it.domain or (ds.class_domains[it.label] if ds.class_domains else ""))
-    return summarize(preds.ids, np.asarray(labels), ds.num_classes,
-                     domains=doms if any(doms) else None, classnames=ds.classnames)
+    y, names = np.asarray(labels, dtype=np.int64), ds.classnames
+    num = max(ds.num_classes, int(np.max(preds.ids, initial=-1)) + 1)
+    if preds.classnames:
+        match = match_classes(ds.classnames, preds.classnames, present=np.unique(y), unknown="keep",
+                              raw=ds.raw_classnames)
+        y, names = match.labels(y), match.classnames
+        num = max(len(names), num)
+        if match.unknown:
+            n = int((y >= len(preds.classnames)).sum())
+            console.print(f"[yellow]warning:[/] {n} image(s) of {len(match.unknown)} class(es) the predictions do not "
+                          f"name ({', '.join(match.unknown[:5])}{' ...' if len(match.unknown) > 5 else ''}): "
+                          "scored as wrong")
+    names = list(names) + [str(i) for i in range(len(names), num)]
+    return summarize(preds.ids, y, num, domains=doms if any(doms) else None, classnames=names)
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -543,9 +558,11 @@ def eval_(
             test_ds = _eval_test_split(path, test, layout, test_split)
         ex.preflight(names, per_method, pool.classnames, bb)  # every method checked before extraction/training
         spec = ex.prompt_spec_for(pool, templates, prompts)
-        inputs = FewShotInputs(pool.name, bb.spec, store.get(bb, pool, name="pool"),
-                               store.get(bb, test_ds, name="test"), pool.classnames,
-                               ex.text_weights_for(bb, pool, spec), bb.logit_scale, encoder=bb)
+        test_fs = ex.test_features(store, bb, test_ds, pool.classnames, what=f"test data {test or path}",
+                                   model=f"the training pool {path}")
+        inputs = FewShotInputs(pool.name, bb.spec, store.get(bb, pool, name="pool"), test_fs, pool.classnames,
+                               ex.text_weights_for(bb, pool, spec), bb.logit_scale,
+                               encoder=bb)
         records = run_fewshot(inputs, proto, results, progress=console.print)
         table = markdown_table(records)
         (out / f"{pool.name}_table.md").write_text(table)

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 
 from kshot.backbones.base import Backbone
 from kshot.config import config_hash, parse_sets
+from kshot.data.classes import match_dataset
 from kshot.data.dataset import Dataset
 from kshot.data.fewshot import default_val_shots, read_shots_file, sample_k_shot, sample_val, write_shots_file
 from kshot.errors import CheckpointError, ConfigError, DataError
@@ -163,6 +164,20 @@ def pool_features(store: FeatureStore, backbone: Backbone, pool: Dataset, indice
     The returned FeatureSet is indexed like `indices`; use `remap_selection` to re-index selections into it.
     """
     return store.get(backbone, pool.subset(indices), policy, name=name)
+
+
+def test_features(store: FeatureStore, backbone: Backbone, test: Dataset, classnames: Sequence[str], *,
+                  name: str = "test", what: str | None = None, model: str = "the training pool") -> FeatureSet:
+    """Features of a labelled test dataset, labels matched by name to `classnames` (the model's class list).
+
+    A model class without test images is fine; a test class the model does not know (e.g. a renamed folder) is a
+    DataError naming it. The cache entry is the test dataset's own (matching relabels after loading).
+    """
+    match = match_dataset(test, classnames, what=what or f"test data {test.root}", model=model)
+    fs = store.get(backbone, test, name=name)
+    if match.identity:
+        return fs
+    return replace(fs, labels=torch.as_tensor(match.labels(fs.labels.cpu().numpy()), device=fs.labels.device))
 
 
 def remap_selection(selection: ShotSelection) -> tuple[np.ndarray, ShotSelection]:

@@ -3,6 +3,7 @@ changed config, class-count checks, single-task evaluation of a checkpoint, phas
 
 from __future__ import annotations
 
+import copy
 import shutil
 from dataclasses import replace
 
@@ -115,6 +116,32 @@ def test_checkpoint_evaluates_one_task_reading_only_its_data(vgg_run, monkeypatc
     assert res["accuracy"] == state.accuracy[-1][0] and res["digest"] == state.digests[0][0]
     with pytest.raises(DataError, match="not in this checkpoint"):
         evaluate_checkpoint(out / "packnet", "nope")
+
+
+def test_checkpoint_evaluation_matches_test_classes_by_name(vgg_run, monkeypatch) -> None:
+    """A test folder whose classes sort differently (same names) scores exactly as the original; an unknown class
+    is an error naming it."""
+    _, out, state, _ = vgg_run
+    real = sequence.load_task_data
+
+    def reordered(spec: TaskSpec, with_train: bool = True):
+        data = real(spec, with_train)
+        test = copy.copy(data.test)
+        n = data.num_classes
+        test.labels = (n - 1) - data.test.labels  # class i is now listed at n-1-i
+        return replace(data, classnames=data.classnames[::-1], test=test)
+
+    monkeypatch.setattr(sequence, "load_task_data", reordered)
+    res = evaluate_checkpoint(out / "packnet", "d0")
+    assert res["accuracy"] == state.accuracy[-1][0]
+
+    def renamed(spec: TaskSpec, with_train: bool = True):
+        data = real(spec, with_train)
+        return replace(data, classnames=[*data.classnames[:-1], "no_such_digit"])
+
+    monkeypatch.setattr(sequence, "load_task_data", renamed)
+    with pytest.raises(DataError, match="no_such_digit"):
+        evaluate_checkpoint(out / "packnet", "d0")
 
 
 def test_plans_of_the_two_presets() -> None:

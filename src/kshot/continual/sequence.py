@@ -13,6 +13,7 @@ caller's global RNG is left alone.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import time
@@ -21,8 +22,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 
+from kshot.data.classes import ClassMatch, match_classes
 from kshot.errors import CheckpointError, ConfigError, DataError
 
 from .checkpoint import META, TENSORS, has_checkpoint, load_checkpoint, read_meta, save_checkpoint
@@ -321,6 +324,16 @@ def load_learner(path: str | Path, device: str = "cpu") -> tuple[Learner, dict[s
     return learner, meta, cfg
 
 
+def _relabel_test(data: TaskData, match: ClassMatch) -> TaskData:
+    """`data` with its test labels mapped (by class name) onto the checkpoint's class list."""
+    test = copy.copy(data.test)
+    if isinstance(test.labels, torch.Tensor):
+        test.labels = torch.as_tensor(match.labels(test.labels.numpy()))
+    else:
+        test.labels = match.labels(np.asarray(test.labels)).tolist()
+    return replace(data, classnames=list(match.classnames), test=test)
+
+
 def evaluate_checkpoint(path: str | Path, task: str, *, test_dir: str | None = None, device: str = "cpu",
                         batch_size: int = 128) -> dict[str, Any]:
     """Accuracy of a checkpoint on one finished task, reading only that task's test split.
@@ -343,6 +356,10 @@ def evaluate_checkpoint(path: str | Path, task: str, *, test_dir: str | None = N
     if test_dir is not None:
         spec = replace(spec, test=str(test_dir))
     data = load_task_data(spec, with_train=False)
+    known = next((t.get("classnames") for t in meta["state"].get("tasks", []) if t.get("name") == task), None)
+    if known and list(known) != data.classnames:
+        data = _relabel_test(data, match_classes(data.classnames, known, what=f"task {task!r} test data "
+                                                 f"{data.source}", model=f"checkpoint {path}"))
     learner.check_head(index, data.num_classes, data.source)
     acc, logits = evaluate(learner, index, make_loader(data.test, batch_size, False, 0))
     return {"task": task, "accuracy": acc, "images": int(logits.shape[0]), "digest": digest(logits),

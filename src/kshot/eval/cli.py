@@ -143,7 +143,8 @@ def bench(
         pool, test = load_any(path, split="train"), load_any(path, split="test")
         wf.preflight(methods, {}, pool.classnames, bb)  # every method checked before extraction and training
         spec = wf.prompt_spec_for(pool)
-        inputs = FewShotInputs(pool.name, bb.spec, fs.get(bb, pool, name="pool"), fs.get(bb, test, name="test"),
+        inputs = FewShotInputs(pool.name, bb.spec, fs.get(bb, pool, name="pool"),
+                               wf.test_features(fs, bb, test, pool.classnames, model=f"the training pool {path}"),
                                pool.classnames, wf.text_weights_for(bb, pool, spec), bb.logit_scale, encoder=bb)
         recs = run_fewshot(inputs, proto, store, progress=lambda s, n=pool.name: console.print(f"{n}: {s}"))
         plot_curves(recs, out / f"{pool.name}_curves.png", f"{pool.name} — {bb.spec}")

@@ -226,7 +226,7 @@ def fit_run(data: Path, method: str, shots: int, seed: int, backbone: str, out: 
     except KshotError:
         test = None
     if test is not None and test.has_labels and len(test):
-        fs = store.get(bb, test, name="test")
+        fs = ex.test_features(store, bb, test, pool.classnames, model=f"the training pool {data}")
         probs = ex.predict_logits(m, fs).float().softmax(-1)
         top_p, top_i = probs.topk(min(5, probs.shape[1]), dim=1)
         pred, y = top_i[:, 0].numpy(), fs.labels.numpy()

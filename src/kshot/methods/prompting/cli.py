@@ -88,7 +88,7 @@ def run_base2new(
     from kshot.eval.base2new import plot_bars, run_protocol, split_classes
     from kshot.methods import METHODS
     from kshot.eval.fewshot import ResultStore
-    from kshot.experiment import preflight
+    from kshot.experiment import preflight, test_features
     from kshot.features import AugmentPolicy, FeatureStore, default_cache_dir
     from kshot.features.extract import ExtractConfig
     from kshot.methods.prompting.presets import preset_overrides
@@ -99,8 +99,7 @@ def run_base2new(
     ks = (shots,) if isinstance(shots, int) else tuple(int(k) for k in shots)
     pool, bench = _read(data, train_split, layout)
     test_ds = _read(test, test_split, "auto")[0] if test is not None else _read(data, test_split, layout)[0]
-    if test_ds.classnames != pool.classnames:
-        raise KshotError(f"{data}: the test split's classes differ from the training pool's")
+    test_where = f"test data {test if test is not None else data}"
     per: dict[str, dict[str, Any]] = {}
     for m in names:
         o = dict(preset_overrides(preset, pool.name, m)) if preset else {}
@@ -119,7 +118,7 @@ def run_base2new(
     policy = AugmentPolicy(augment, views) if views else AugmentPolicy()
     feats = store.get(bb, pool.subset(used), policy, name=f"{pool.name}/shots")
     pos = {int(i): p for p, i in enumerate(used)}
-    test_fs = store.get(bb, test_ds, name=f"{pool.name}/test")
+    test_fs = test_features(store, bb, test_ds, pool.classnames, name=f"{pool.name}/test", what=test_where)
     if prompts is not None:
         spec = load_prompt_file(prompts)
     elif templates:
@@ -129,7 +128,8 @@ def run_base2new(
     tw = build_text_classifier(bb, pool.classnames, spec, pool.class_domains)
     inputs = Base2NewInputs(pool.name, bb, labels, lambda idx: feats.subset([pos[int(i)] for i in idx]), test_fs,
                             pool.classnames, tw, bb.logit_scale, pool_images=lambda idx: pool.subset(idx),
-                            test_features_for=lambda tuned: store.get(tuned, test_ds, name=f"{pool.name}/test"))
+                            test_features_for=lambda tuned: test_features(store, tuned, test_ds, pool.classnames,
+                                                                          name=f"{pool.name}/test", what=test_where))
     out = Path(out)
     records = run_protocol(inputs, Base2NewProtocol(names, ks, tuple(seeds), per),
                            ResultStore(out / "results_base2new.jsonl"), progress)
