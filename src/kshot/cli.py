@@ -162,6 +162,8 @@ def fit(
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="Method config override key=value; repeat."),
     cache: Optional[Path] = CacheOpt,
     device: Optional[str] = DeviceOpt,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the finished run in --out (it is kept until "
+                                   "the new fit has succeeded)."),
 ) -> None:
     """Fit a method on K shots per class (validation split drawn from the rest of the pool) and save it."""
     from kshot import experiment as ex
@@ -170,7 +172,10 @@ def fit(
     from kshot.features import AugmentPolicy
     from kshot.features.distributed import process_group, rank_device
     from kshot.methods import create
+    from kshot.outputs import RunFolder
 
+    run_dir = RunFolder(out, overwrite=overwrite, marker="task.json", what="`kshot fit` run")
+    run_dir.check()  # refuse before any work; the run is written to a staging folder and swapped in at the end
     m = create(method, **ex.parse_overrides(overrides or [], method))
     shard = _fit_shard(m)
     dev = rank_device(shard, device) if shard is not None else device
@@ -196,7 +201,8 @@ def fit(
     val, encoder = ex.method_features(m, store, bb, pool.subset(sel.val), feats.subset(local.val))
     report = ex.fit_report(m, val, encoder)  # an encoder-tuning method is scored on its tuned encoder
     info.update(report)
-    ex.FittedRun(m, info).save(out, pool, sel.shots, report=report)
+    with run_dir as stage:
+        ex.FittedRun(m, info).save(stage, pool, sel.shots, report=report)
     if shots_file is not None and not Path(shots_file).is_file():
         write_shots_file(pool, sel.shots, shots_file)
     console.print(f"fitted {method} on {len(sel.shots)} shots ({pool.num_classes} classes) -> {out}")

@@ -33,6 +33,7 @@ from kshot.methods import METHODS, Method, Task, create, load
 from kshot.methods.base import config_to_dict
 from kshot.text.classifier import build_text_classifier
 from kshot.text.templates import PromptSpec, dataset_template, load_prompt_file
+from kshot.outputs import atomic_write_bytes, atomic_write_text
 from kshot.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
@@ -278,11 +279,8 @@ class FittedRun:
         out = Path(out)
         self.method.save(out, report=report)
         if pool is not None and shots is not None:
-            write_shots_file(pool, shots, out / "shots.txt.tmp")
-            os.replace(out / "shots.txt.tmp", out / "shots.txt")
-        tmp = out / "task.json.tmp"
-        tmp.write_text(json.dumps(self.info, indent=2))
-        os.replace(tmp, out / "task.json")
+            write_shots_file(pool, shots, out / "shots.txt")  # atomic (kshot.data.listfile)
+        atomic_write_text(out / "task.json", json.dumps(self.info, indent=2))
         return out
 
     @classmethod
@@ -352,9 +350,7 @@ class ResultStore:
             if isinstance(rec, dict):
                 self._by_key[self.key(rec)] = rec
         if good < len(raw):
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_bytes(raw[:good])
-            os.replace(tmp, self.path)
+            atomic_write_bytes(self.path, raw[:good])
 
     @property
     def records(self) -> list[dict[str, Any]]:

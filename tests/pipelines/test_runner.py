@@ -70,8 +70,9 @@ def test_report_covers_stages_routes_rule_and_parameters(toy_run) -> None:
 
 def test_two_runs_give_byte_identical_result_txt(toy_run, toy_root, small_clip, tmp_path) -> None:
     _res, out, cache, cfg = toy_run
-    run_challenge(cfg, toy_root, RunOptions(out=tmp_path, cache_dir=cache, backbones={"clip": small_clip}))
-    assert (tmp_path / "result.txt").read_bytes() == (out / "result.txt").read_bytes()
+    run_challenge(cfg, toy_root, RunOptions(out=tmp_path / "o", cache_dir=cache, backbones={"clip": small_clip}))
+    for name in ("result.txt", "result.zip"):  # the zip too: fixed timestamps and order
+        assert (tmp_path / "o" / name).read_bytes() == (out / name).read_bytes(), name
 
 
 def test_a_users_shots_file_is_used_and_more_than_four_per_class_is_refused(toy_root, small_clip, tmp_path) -> None:
@@ -101,12 +102,12 @@ def test_tuning_on_pool_images_is_marked_outside_the_rule(toy_root, small_clip, 
     doc = {"name": "lp", "backbones": {"clip": "toy:clip"}, "estimate_per_class": 2,
            "stages": {"lp": {"type": "method", "method": "linear_probe", "backbone": "clip", "classes": "seen",
                              "params": {"c_grid": [0.1, 10.0], "search_steps": 1}}}, "output": "lp"}
-    res = run_challenge(config_from_dict(doc), toy_root, RunOptions(out=tmp_path, cache_dir=tmp_path / "c",
+    res = run_challenge(config_from_dict(doc), toy_root, RunOptions(out=tmp_path / "o", cache_dir=tmp_path / "c",
                                                                     tune_on_pool=True, force=True,
                                                                     backbones={"clip": small_clip}))
     assert not res.report["rule"]["compliant"] and "OUTSIDE" in res.report["rule"]["detail"]
     assert res.report["stages"][1]["tuning"].startswith("tuned on pool images")
-    assert "NOT respected" in (tmp_path / "report.md").read_text()
+    assert "NOT respected" in (tmp_path / "o" / "report.md").read_text()
 
 
 class _ConstantImages(torch.nn.Module):
@@ -131,10 +132,10 @@ def test_degenerate_predictions_are_refused_without_force(toy_root, small_clip, 
                             "stages": {"zs": {"type": "method", "method": "zeroshot", "backbone": "clip"}},
                             "output": "zs"})
     with pytest.raises(DataError, match="same top-5"):
-        run_challenge(cfg, toy_root, RunOptions(out=tmp_path, cache_dir=tmp_path / "c", backbones={"clip": bb}))
-    assert not (tmp_path / "result.txt").exists()
-    assert json.loads((tmp_path / "report.json").read_text())["refused"]
-    res = run_challenge(cfg, toy_root, RunOptions(out=tmp_path, cache_dir=tmp_path / "c", backbones={"clip": bb},
+        run_challenge(cfg, toy_root, RunOptions(out=tmp_path / "o", cache_dir=tmp_path / "c", backbones={"clip": bb}))
+    assert not (tmp_path / "o").exists()  # a refused run is kept aside, never as the run folder
+    assert json.loads((tmp_path / "o.refused" / "report.json").read_text())["refused"]
+    res = run_challenge(cfg, toy_root, RunOptions(out=tmp_path / "o", cache_dir=tmp_path / "c", backbones={"clip": bb},
                                                   force=True))
     assert res.result_txt.is_file() and res.report["forced"]
 
@@ -167,7 +168,7 @@ def test_windows_separators_in_train_txt_are_read(toy_root, small_clip, tmp_path
 
 def test_unseen_classes_top1_and_cascade_gain_with_the_pretrained_toy_clip(toy_root, trained_clip, tmp_path) -> None:
     cfg = load_config("toy_cascade", fast_overrides())
-    res = run_challenge(cfg, toy_root, RunOptions(out=tmp_path, cache_dir=tmp_path / "c",
+    res = run_challenge(cfg, toy_root, RunOptions(out=tmp_path / "o", cache_dir=tmp_path / "c",
                                                   backbones={"clip": trained_clip},
                                                   test_labels=toy_root / "test_labels.txt"))
     rep = {s["name"]: s for s in res.report["stages"]}

@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
 from kshot.errors import DataError
+from kshot.outputs import atomic_write_text, file_mode  # noqa: F401  (re-exported: the readers' writers)
 
 log = logging.getLogger(__name__)
 
@@ -158,25 +158,3 @@ def read_text_lines(path: Path) -> list[str]:
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})") from e
     return text.splitlines()
-
-
-def file_mode() -> int:
-    """The mode a plain `open(path, "w")` gives a new file: 0o666 less the process umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_text(path: Path | str, text: str) -> None:
-    """Write `text` (UTF-8, '\\n' line ends) to `path` via a temporary file and rename, so readers never see half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, file_mode())  # mkstemp makes 0600; the result is an ordinary file (umask respected)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

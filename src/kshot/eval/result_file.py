@@ -14,8 +14,10 @@ from typing import Sequence
 import numpy as np
 
 from kshot.errors import DataError
+from kshot.outputs import atomic_write, atomic_write_bytes
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the zip format's earliest date: entries carry no wall-clock time
 
 
 def write_result_txt(path: str | Path, filenames: Sequence[str], topk: np.ndarray, *, zip_it: bool = False) -> Path:
@@ -30,14 +32,23 @@ def write_result_txt(path: str | Path, filenames: Sequence[str], topk: np.ndarra
     order = sorted(range(len(names)), key=lambda i: names[i])
     lines = [" ".join([names[i], *map(str, topk[i].tolist())]) for i in order]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    atomic_write_bytes(path, data)
     if zip_it:
-        with zipfile.ZipFile(path.with_suffix(".zip"), "w", zipfile.ZIP_DEFLATED) as z:
-            z.write(path, arcname=path.name)
+        atomic_write(path.with_suffix(".zip"), lambda tmp: write_zip(tmp, {path.name: data}))
     return path
+
+
+def write_zip(path: Path, files: dict[str, bytes]) -> None:
+    """A deterministic zip of `files` (name -> bytes): sorted names, a fixed timestamp and mode, deflate level 9, so
+    the same content always gives the same bytes (a rerun's submission is bit-identical)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        for name in sorted(files):
+            info = zipfile.ZipInfo(name, date_time=ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            info.create_system = 3  # unix, whatever the writing system
+            z.writestr(info, files[name], compresslevel=9)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from torch import nn
 from kshot.config import replace as config_replace
 from kshot.errors import CheckpointError, ConfigError, ExportError
 from kshot.features.featureset import FeatureSet
+from kshot.outputs import atomic_write, atomic_write_text
 from kshot.registry import Registry
 
 METHODS: Registry[type["Method"]] = Registry("method")
@@ -179,9 +180,7 @@ class Method(ABC):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = path / "state.safetensors.tmp"
-        save_file(state, str(tmp))
-        tmp.replace(path / "state.safetensors")
+        atomic_write(path / "state.safetensors", lambda tmp: save_file(state, str(tmp)))
         doc = {
             "kshot_artifact": ARTIFACT_VERSION,
             "method": self.name,
@@ -190,9 +189,7 @@ class Method(ABC):
         }
         if report is not None:
             doc["report"] = report
-        tmpj = path / "method.json.tmp"
-        tmpj.write_text(json.dumps(doc, indent=2))
-        tmpj.replace(path / "method.json")
+        atomic_write_text(path / "method.json", json.dumps(doc, indent=2))
         return path
 
 

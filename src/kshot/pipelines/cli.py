@@ -43,6 +43,8 @@ def challenge(
     batch_size: int = typer.Option(256, help="Images per forward pass when extracting features."),
     workers: int | None = typer.Option(None, help="Image decoding workers (default: automatic)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each stage."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the finished run in --out (kept until the new "
+                                   "run has succeeded)."),
 ) -> None:
     """Pick 4 shots per class, extract features once per backbone, run the pipeline, write result.txt + report."""
     from kshot.pipelines.configfile import load_config
@@ -54,7 +56,8 @@ def challenge(
     cfg = load_config(config, set_)
     opts = RunOptions(out=out, split=split, classes_file=classes, test_dir=test_dir, shots_file=shots_file,
                       test_labels=test_labels, tune_on_pool=tune_on_pool, force=force, cache_dir=cache, device=device,
-                      batch_size=batch_size, workers=workers, progress=True)
+                      batch_size=batch_size, workers=workers, progress=True,
+                      overwrite=overwrite)
     res = run_challenge(cfg, root, opts)
     rep = res.report
     table = Table(title=f"{cfg.name}: estimated accuracy (unused pool images; an estimate)")

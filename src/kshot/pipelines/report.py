@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from kshot.eval.metrics import summarize, topk_ids
+from kshot.outputs import atomic_write_text
 from kshot.pipelines.params import human
 
 
@@ -167,10 +168,8 @@ def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
     """Write report.json and report.md into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     js, md = out / "report.json", out / "report.md"
-    tmp = js.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=_default))
-    tmp.replace(js)
-    md.write_text(render_markdown(report))
+    atomic_write_text(js, json.dumps(report, indent=2, default=_default))
+    atomic_write_text(md, render_markdown(report))
     return js, md
 
 

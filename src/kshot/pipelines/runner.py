@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from kshot.errors import ConfigError, DataError
 from kshot.features.augment import AugmentPolicy
 from kshot.features.cache import FeatureStore, default_cache_dir
 from kshot.features.extract import ExtractConfig
+from kshot.outputs import RunFolder, atomic_write_text
 from kshot.pipelines.cascade import CascadeStage
 from kshot.pipelines.config import (
     CascadeStageConfig,
@@ -72,6 +73,8 @@ class RunOptions:
         backbones: pre-loaded backbones by alias or spec (used instead of loading; tests and notebooks).
         save_artifacts: save each method stage's fitted artifact under out/artifacts/<stage>/.
         on_missing: train.txt lines whose image is missing: 'error' (default) or 'skip' (listed in the report).
+        overwrite: replace a finished run in `out` (the CLI's --overwrite; the library replaces by default). The run
+            is written to a staging folder either way and swapped in only when it succeeded.
     """
 
     out: Path
@@ -90,6 +93,7 @@ class RunOptions:
     backbones: Mapping[str, Backbone] = field(default_factory=dict)
     save_artifacts: bool = True
     on_missing: str = "error"
+    overwrite: bool = True
 
 
 @dataclass
@@ -101,6 +105,7 @@ class RunResult:
     top5: np.ndarray
     report: dict[str, Any]
     report_path: Path
+    refused: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -289,13 +294,26 @@ def run_challenge(config: PipelineConfig | str | Path, root: Path | str, options
         ConfigError: a bad pipeline config.
     """
     cfg = config if isinstance(config, PipelineConfig) else load_config(config)
+    folder = RunFolder(options.out, overwrite=options.overwrite, marker="report.json", what="challenge run")
+    folder.check()
+    with folder as stage:
+        res = _run(cfg, Path(root), replace(options, out=stage), Path(options.out))
+        if res.refused is not None and not options.force:
+            kept = folder.keep_as(folder.path.with_name(folder.path.name + ".refused"))
+            raise DataError(f"refusing to write result.txt: {res.refused}. Inspect {kept / 'report.json'} ("
+                            f"{folder.path} is unchanged); pass --force to write it anyway")
+    return res
+
+
+def _run(cfg: PipelineConfig, root: Path, options: RunOptions, final: Path) -> RunResult:
+    """The run of `run_challenge`, written into `options.out` (the staging folder); paths in the report and the
+    result name `final`."""
     t0 = time.perf_counter()
     out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
     device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    data, facts = load_data(cfg, Path(root), options)
+    data, facts = load_data(cfg, root, options)
     if options.tune_on_pool and len(data.estimate) == 0:
         raise ConfigError("--tune-on-pool needs estimate images (estimate_per_class > 0 and pool images left over)")
     store = FeatureStore(options.cache_dir or default_cache_dir(),
@@ -319,17 +337,16 @@ def run_challenge(config: PipelineConfig | str | Path, root: Path | str, options
     refused = degenerate_reason(top5, data.num_classes, cfg.degenerate_top5_share, cfg.degenerate_top1_share)
     result_txt = None
     if refused is None or options.force:
-        result_txt = write_submission(out, filenames, top5, data)
+        write_submission(out, filenames, top5, data)
+        result_txt = final / "result.txt"
     report = build_report(cfg, ws, stages, records, facts, options, time.perf_counter() - t0, result_txt, refused)
     if options.save_artifacts:
         for name, st in stages.items():
             if isinstance(st, MethodStage) and st.method is not None:
                 st.method.save(out / "artifacts" / name)
     _write_config(cfg, out / "config.yaml")
-    js, _ = write_report(report, out)
-    if refused and not options.force:
-        raise DataError(f"refusing to write result.txt: {refused}. Inspect {js}; pass --force to write it anyway")
-    return RunResult(result_txt, filenames, top5, report, js)
+    write_report(report, out)
+    return RunResult(result_txt, filenames, top5, report, final / "report.json", refused)
 
 
 def write_submission(out: Path, filenames: list[str], top5: np.ndarray, data: ChallengeData) -> Path:
@@ -392,4 +409,4 @@ def _pretrained_components(ws: Workspace, stages: Mapping[str, Stage]) -> dict[s
 def _write_config(cfg: PipelineConfig, path: Path) -> None:
     import yaml
 
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
