@@ -144,6 +144,17 @@ def pool_features(store: FeatureStore, backbone: Backbone, pool: Dataset, indice
     return store.get(backbone, pool.subset(indices), policy, name=name)
 
 
+def drawn_indices(labels: np.ndarray, shots: Sequence[int], seeds: Sequence[int], k_val: int | None = None
+                  ) -> np.ndarray:
+    """Sorted pool indices of every shot and validation image any (K, seed) of a sweep draws."""
+    parts = [np.zeros(0, np.int64)]
+    for k in shots:
+        for s in seeds:
+            sel = draw_selection(labels, k, s, k_val=k_val)
+            parts += [sel.shots, sel.val]
+    return np.unique(np.concatenate(parts))
+
+
 def remap_selection(selection: ShotSelection) -> tuple[np.ndarray, ShotSelection]:
     """Indices used by a selection, and the selection re-indexed into that compact list."""
     used = np.unique(np.concatenate([selection.shots, selection.val]))

@@ -105,6 +105,15 @@ def test_two_commands_from_the_official_archives_give_the_paper_table(tmp_path, 
     runner = CliRunner()
     r = runner.invoke(app, ["data", "prepare", "coop11", "--root", str(data), "--from", str(dl)])
     assert r.exit_code == 0, r.output + repr(r.exception)
+    from kshot.features.cache import FeatureStore
+
+    encoded, get = {}, FeatureStore.get
+
+    def spy(self, backbone, dataset, *a, **kw):
+        encoded.setdefault(dataset.name, []).append(len(dataset))
+        return get(self, backbone, dataset, *a, **kw)
+
+    monkeypatch.setattr(FeatureStore, "get", spy)
     out, cache = tmp_path / "paper", ["--cache", str(tmp_path / "c")]
     r = runner.invoke(app, ["bench", "--datasets", "coop11", "--root", str(data), "--methods", "tip_adapter,zeroshot",
                             "--shots", "1", "--seeds", "1,2", "-o", str(out), *cache])
@@ -114,6 +123,8 @@ def test_two_commands_from_the_official_archives_give_the_paper_table(tmp_path, 
     assert len(table["rows"]) == 2 and all(r["average"] is not None for r in table["rows"])
     assert all(c[2] == 2 for r in table["rows"] for c in r["cells"].values())  # two seeds per cell
     assert "| method | shots | ImageNet | Caltech101 |" in (out / "table.md").read_text()
+    # ImageNet's pool is not encoded whole: only its drawn shots and validation images (1 shot + 1 val, 2 seeds)
+    assert encoded["ImageNet"][0] <= 3 * 4 < 3 * PER_CLASS
     r = runner.invoke(app, ["bench", "--protocol", "base2new", "--datasets", "coop11", "--root", str(data),
                             "--methods", "zeroshot", "--shots", "1", "--seeds", "1", "-o", str(tmp_path / "b2n"),
                             *cache])

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from kshot.cli import app
 from kshot.data import catalog
 from kshot.data.benchmarks import load_benchmark
-from kshot.eval.dg import DGInputs, Target, columns_for, drawn_indices, run_dg_cell
+from kshot.eval.dg import DGInputs, Target, columns_for, run_dg_cell
 from kshot.errors import DataError
-from kshot.experiment import draw_selection
+from kshot.experiment import draw_selection, drawn_indices
 from kshot.features.cache import FeatureStore
 from kshot.features.featureset import FeatureSet
 from tests.data.coop_archives import PER_CLASS, imagenet_variants, write_archives

@@ -141,9 +141,14 @@ def bench(
     names, records = [], []
     for path in paths:
         pool, test = load_any(path, split="train"), load_any(path, split="test")
-        spec = wf.prompt_spec_for(pool)
-        inputs = FewShotInputs(pool.name, bb.spec, fs.get(bb, pool, name="pool"), fs.get(bb, test, name="test"),
-                               pool.classnames, wf.text_weights_for(bb, pool, spec), bb.logit_scale, encoder=bb)
+        drawn = wf.drawn_indices(pool.labels, ks, seed_list)  # encode only these (ImageNet: not 1.28 M images)
+        shots_fs = wf.pool_features(fs, bb, pool, drawn, name=f"{pool.name} (drawn shots)")
+        if shots_fs.skipped:
+            raise DataError(f"{path}: drawn images do not decode: {', '.join(p for p, _ in shots_fs.skipped[:5])} "
+                            "(see `kshot data check`)")
+        inputs = FewShotInputs(pool.name, bb.spec, shots_fs, fs.get(bb, test, name="test"), pool.classnames,
+                               wf.text_weights_for(bb, pool, wf.prompt_spec_for(pool)), bb.logit_scale, encoder=bb,
+                               drawn=drawn, pool_labels=pool.labels)
         recs = run_fewshot(inputs, proto, store, progress=lambda s, n=pool.name: console.print(f"{n}: {s}"))
         plot_curves(recs, out / f"{pool.name}_curves.png", f"{pool.name} — {bb.spec}")
         names.append(pool.name)
