@@ -115,33 +115,45 @@ def bench(
     paths = dataset_paths(datasets, root, out, dg=protocol == "dg")
     export_toy(paths, out)
     bb = load_backbone(backbone, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if protocol == "base2new":
-        recs = []
-        for path in paths:
-            res = run_base2new(path, methods=methods, backbone=bb, shots=ks, seeds=seed_list, overrides=sets,
-                               out=out, cache=cache, device=device, progress=console.print)
-            recs += res["records"]
-        table = base2new_table(recs)
-        (out / "table_base2new.md").write_text(table)
-        Console().print(table)
-        console.print(f"results in {out}: table_base2new.md")
-        return
     proto = FewShotProtocol(methods, ks, seed_list, sets)
-    fs = FeatureStore(cache or default_cache_dir())
-    store = ResultStore(out / "results.jsonl")
-    if protocol == "dg":
-        inputs = dg_inputs(paths[0], paths[1:], bb, fs, proto)
-        recs = run_dg(inputs, proto, store, progress=lambda s: console.print(f"{inputs.source}: {s}"))
-        names = [t.name for t in inputs.targets]
-        rows = paper_rows(per_target_records(recs), names, bb.spec, compare=False, average_of=names[1:])
-        written = write_tables(rows, names, out, stem="table_dg")
-        Console().print((out / "table_dg.md").read_text())
-        console.print(f"results in {out}: {', '.join(p.name for p in written)} (average: over the targets)")
-        return
+    if protocol == "base2new":
+        _base2new(paths, bb, proto, out, cache, device)
+    else:
+        fs, store = FeatureStore(cache or default_cache_dir()), ResultStore(out / "results.jsonl")
+        (_dg if protocol == "dg" else _fewshot)(paths, bb, proto, fs, store, out)
+
+
+def _base2new(paths: list[Path], bb, proto: FewShotProtocol, out: Path, cache: Optional[Path],
+              device: Optional[str]) -> None:
+    """CoOp's base-to-new table over `paths`: table_base2new.md."""
+    recs = []
+    for path in paths:
+        res = run_base2new(path, methods=proto.methods, backbone=bb, shots=proto.shots, seeds=proto.seeds,
+                           overrides=proto.overrides, out=out, cache=cache, device=device, progress=console.print)
+        recs += res["records"]
+    table = base2new_table(recs)
+    (out / "table_base2new.md").write_text(table)
+    Console().print(table)
+    console.print(f"results in {out}: table_base2new.md")
+
+
+def _dg(paths: list[Path], bb, proto: FewShotProtocol, fs: FeatureStore, store: ResultStore, out: Path) -> None:
+    """Domain generalisation from paths[0] to paths[1:]: table_dg.md/.csv/.json/.tex, averaged over the targets."""
+    inputs = dg_inputs(paths[0], paths[1:], bb, fs, proto)
+    recs = run_dg(inputs, proto, store, progress=lambda s: console.print(f"{inputs.source}: {s}"))
+    names = [t.name for t in inputs.targets]
+    rows = paper_rows(per_target_records(recs), names, bb.spec, compare=False, average_of=names[1:])
+    written = write_tables(rows, names, out, stem="table_dg")
+    Console().print((out / "table_dg.md").read_text())
+    console.print(f"results in {out}: {', '.join(p.name for p in written)} (average: over the targets)")
+
+
+def _fewshot(paths: list[Path], bb, proto: FewShotProtocol, fs: FeatureStore, store: ResultStore, out: Path) -> None:
+    """The few-shot protocol on every dataset: table.md/.csv/.json/.tex (+ the published column), curves."""
     names, records = [], []
     for path in paths:
         pool, test = load_any(path, split="train"), load_any(path, split="test")
-        drawn = wf.drawn_indices(pool.labels, ks, seed_list)  # encode only these (ImageNet: not 1.28 M images)
+        drawn = wf.drawn_indices(pool.labels, proto.shots, proto.seeds)  # encode only these (not ImageNet's 1.28 M)
         shots_fs = wf.pool_features(fs, bb, pool, drawn, name=f"{pool.name} (drawn shots)")
         if shots_fs.skipped:
             raise DataError(f"{path}: drawn images do not decode: {', '.join(p for p, _ in shots_fs.skipped[:5])} "
