@@ -112,3 +112,25 @@ def test_bench_dg_refuses_before_any_work(tmp_path):
         r = runner.invoke(app, ["bench", "--protocol", "dg", *extra, "-o", str(tmp_path / "o")])
         assert r.exit_code != 0 and expected in str(r.exception), r.output + repr(r.exception)
         assert not (tmp_path / "o").exists()
+
+
+def test_dg_source_cell_equals_the_fewshot_cell_and_a_copy_scores_alike(tmp_path, monkeypatch):
+    """On the toy world: the DG source column is the few-shot protocol's number, and a target holding the same test
+    images (another folder) gets the same accuracy."""
+    import shutil
+
+    from kshot.toyworld.export import export_world
+    from kshot.toyworld.generator import World
+
+    export_world(World(), "imagefolder", tmp_path / "toy", n_train=4, n_val=1, n_test=2, seed=0)
+    shutil.copytree(tmp_path / "toy", tmp_path / "toycopy")
+    common = ["--methods", "tip_adapter", "--shots", "2", "--seeds", "1", "--cache", str(tmp_path / "c")]
+    _ok(runner.invoke(app, ["bench", "--datasets", str(tmp_path / "toy"), "-o", str(tmp_path / "fs"), *common]))
+    _ok(runner.invoke(app, ["bench", "--protocol", "dg", "--datasets", f"{tmp_path / 'toy'},{tmp_path / 'toycopy'}",
+                            "-o", str(tmp_path / "dg"), *common]))
+    (fs,) = [json.loads(x) for x in (tmp_path / "fs" / "results.jsonl").read_text().splitlines()]
+    (dg,) = [json.loads(x) for x in (tmp_path / "dg" / "results.jsonl").read_text().splitlines()]
+    assert dg["targets"] == {"toy": fs["top1"], "toycopy": fs["top1"]} and 0.05 < fs["top1"]  # above chance (1/80)
+    r = runner.invoke(app, ["bench", "--protocol", "dg", "--datasets", f"{tmp_path / 'toy'},{tmp_path / 'toy'}",
+                            "-o", str(tmp_path / "dup"), *common])
+    assert isinstance(r.exception, DataError) and "both called 'toy'" in str(r.exception)

@@ -96,6 +96,10 @@ def dg_inputs(source: Path, targets: Sequence[Path], backbone: Backbone, store: 
     for t in targets:
         v = load_variant(t) if is_variant_folder(t) else None
         tests.append((v.dataset, v.wnids) if v else (load_any(t, split="test"), None))
+    seen = [ds.name for ds, _ in tests]
+    if len(set(seen)) < len(seen):
+        raise DataError(f"--protocol dg: two test sets are both called {max(seen, key=seen.count)!r} (the source's "
+                        "test split is always scored; give each target its own folder name)")
     out = []
     for ds, keys in tests:
         if keys is not None and wnids is None:
