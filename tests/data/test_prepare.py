@@ -152,5 +152,9 @@ def test_imagenet_variant_is_prepared_and_counted(tmp_path, small):
     res = prepare_dataset("imagenet-a", tmp_path / "DATA", tmp_path / "dl")
     assert res.manifest["counts"] == {"test": 6} and (res.path / "classnames.txt").is_file()
     assert check_dataset("ImageNetA", tmp_path / "DATA").ok
+    img = res.path / "imagenet-a" / "n01531178" / "1.jpg"
+    img.write_bytes(img.read_bytes()[:40])  # a truncated image
+    assert "do not decode: n01531178/1.jpg" in " ".join(check_dataset("ImageNetA", tmp_path / "DATA").problems)
+    assert check_dataset("ImageNetA", tmp_path / "DATA", decode=False).ok
     (res.path / "imagenet-a" / "n01498041" / "0.jpg").unlink()
     assert "5 images, expected 6 (1 missing)" in " ".join(check_dataset("ImageNetA", tmp_path / "DATA").problems)
