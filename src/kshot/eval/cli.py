@@ -19,6 +19,7 @@ from kshot.backbones import load_backbone
 from kshot.data.benchmarks import find_benchmark
 from kshot.data.catalog import CATALOG, COOP11
 from kshot.data.imagenet_variants import VARIANTS
+from kshot.data.prepare import read_manifest
 from kshot.data.coop_source import load_any
 from kshot.config import parse_list
 from kshot.errors import ConfigError, DataError
@@ -165,7 +166,9 @@ def _fewshot(paths: list[Path], bb, proto: FewShotProtocol, fs: FeatureStore, st
         plot_curves(recs, out / f"{pool.name}_curves.png", f"{pool.name} — {bb.spec}")
         names.append(pool.name)
         records += recs
-    rows = paper_rows(records, names, bb.spec, compare=sorted(names) == sorted(COOP11))
-    written = write_tables(rows, names, out)
+    seeded = [n for n, p in zip(names, paths) if ((read_manifest(p) or {}).get("split") or {}).get("coop") is False]
+    notes = [f"seeded split, not CoOp's (not comparable to published numbers): {', '.join(seeded)}"] if seeded else []
+    rows = paper_rows(records, names, bb.spec, compare=sorted(names) == sorted(COOP11) and not seeded)
+    written = write_tables(rows, names, out, notes=notes)
     Console().print((out / "table.md").read_text())
     console.print(f"results in {out}: {', '.join(p.name for p in written)}")
