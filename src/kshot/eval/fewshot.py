@@ -18,8 +18,8 @@ import torch
 
 from kshot import __version__
 from kshot.eval.metrics import summarize, topk_ids
-from kshot.experiment import (ResultStore, ShotSelection, Sweep, build_task, data_identity, draw_selection, jsonable,
-                              run_sweep)
+from kshot.experiment import ResultStore, Sweep, build_task, data_identity, draw_selection, jsonable, run_sweep
+from kshot.experiment import ShotSelection
 from kshot.experiment import method_config_hash as config_hash
 from kshot.features.featureset import FeatureSet
 from kshot.methods import METHODS, config_to_dict, create
