@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -19,7 +19,6 @@ import torch
 from kshot import __version__
 from kshot.eval.metrics import summarize, topk_ids
 from kshot.experiment import ResultStore, Sweep, build_task, data_identity, draw_selection, jsonable, run_sweep
-from kshot.experiment import ShotSelection
 from kshot.experiment import method_config_hash as config_hash
 from kshot.features.featureset import FeatureSet
 from kshot.methods import METHODS, config_to_dict, create
@@ -80,12 +79,12 @@ class FewShotInputs:
     drawn: np.ndarray | None = None
     pool_labels: np.ndarray | None = None
 
-    def draw(self, shots: int, seed: int, k_val: int | None = None) -> ShotSelection:
-        """The (K, seed) selection as row indices of `pool` (drawn on the whole pool's labels)."""
+    def draw(self, shots: int, seed: int, k_val: int | None = None) -> Any:
+        """The (K, seed) `kshot.experiment.ShotSelection` as row indices of `pool` (drawn on the whole pool's labels)."""
         if self.drawn is None:
             return draw_selection(self.pool.labels.numpy(), shots, seed, k_val=k_val)
         sel = draw_selection(self.pool_labels, shots, seed, k_val=k_val)
-        return ShotSelection(np.searchsorted(self.drawn, sel.shots), np.searchsorted(self.drawn, sel.val))
+        return replace(sel, shots=np.searchsorted(self.drawn, sel.shots), val=np.searchsorted(self.drawn, sel.val))
 
 
 def run_cell(inputs: FewShotInputs, method: str, shots: int, seed: int, overrides: dict[str, Any],
