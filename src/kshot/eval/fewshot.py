@@ -80,7 +80,7 @@ class FewShotInputs:
     pool_labels: np.ndarray | None = None
 
     def draw(self, shots: int, seed: int, k_val: int | None = None) -> Any:
-        """The (K, seed) `kshot.experiment.ShotSelection` as row indices of `pool` (drawn on the whole pool's labels)."""
+        """The (K, seed) `kshot.experiment.ShotSelection` as rows of `pool` (drawn on the whole pool's labels)."""
         if self.drawn is None:
             return draw_selection(self.pool.labels.numpy(), shots, seed, k_val=k_val)
         sel = draw_selection(self.pool_labels, shots, seed, k_val=k_val)
