@@ -99,8 +99,8 @@ def test_bench_dg_from_the_official_archives(tmp_path, monkeypatch):
         "ImageNet", *targets}
     _ok(runner.invoke(app, args))  # resumable: nothing re-run
     assert len((out / "results.jsonl").read_text().splitlines()) == 4
-    for suffix in ("md", "csv", "tex"):
-        assert (out / f"table_dg.{suffix}").stat().st_size > 0
+    for name in ("table_dg.md", "table_dg.csv", "table_dg.tex", "dg_curves.png"):
+        assert (out / name).stat().st_size > 0
     text = _ok(runner.invoke(app, ["predict", str(data / "imagenet-sketch"), "-o", str(tmp_path / "p.csv"),
                                    "--cache", str(tmp_path / "c")]))
     assert f"wrote {sizes['ImageNetSketch']} predictions" in text and "top1" in text

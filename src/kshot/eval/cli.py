@@ -139,12 +139,16 @@ def _base2new(paths: list[Path], bb, proto: FewShotProtocol, out: Path, cache: O
 
 
 def _dg(paths: list[Path], bb, proto: FewShotProtocol, fs: FeatureStore, store: ResultStore, out: Path) -> None:
-    """Domain generalisation from paths[0] to paths[1:]: table_dg.md/.csv/.json/.tex, averaged over the targets."""
+    """Domain generalisation from paths[0] to paths[1:]: table_dg.md/.csv/.json/.tex and dg_curves.png, averaged over
+    the targets."""
     inputs = dg_inputs(paths[0], paths[1:], bb, fs, proto)
     recs = run_dg(inputs, proto, store, progress=lambda s: console.print(f"{inputs.source}: {s}"))
     names = [t.name for t in inputs.targets]
     rows = paper_rows(per_target_records(recs), names, bb.spec, compare=False, average_of=names[1:])
     written = write_tables(rows, names, out, stem="table_dg")
+    plot_curves(recs, out / "dg_curves.png", f"{inputs.source} → {', '.join(names[1:])} — {bb.spec}",
+                metric=lambda r: sum(r["targets"][n] for n in names[1:]) / len(names[1:]),
+                ylabel="top-1 averaged over the targets (%)")
     Console().print((out / "table_dg.md").read_text())
     console.print(f"results in {out}: {', '.join(p.name for p in written)} (average: over the targets)")
 
