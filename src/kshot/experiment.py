@@ -71,6 +71,17 @@ def draw_selection(labels: np.ndarray, k: int, seed: int, *, classes: Sequence[i
     return ShotSelection(np.asarray(shots, np.int64), val)
 
 
+def drawn_indices(labels: np.ndarray, shots: Sequence[int], seeds: Sequence[int], k_val: int | None = None
+                  ) -> np.ndarray:
+    """Sorted pool indices of every shot and validation image any (K, seed) of a sweep draws."""
+    parts = [np.zeros(0, np.int64)]
+    for k in shots:
+        for s in seeds:
+            sel = draw_selection(labels, k, s, k_val=k_val)
+            parts += [sel.shots, sel.val]
+    return np.unique(np.concatenate(parts))
+
+
 def select_shots(pool: Dataset, k: int, seed: int, *, k_val: int | None = None, allow_fewer: bool = False,
                  shots_file: str | Path | None = None) -> ShotSelection:
     """K shots per class of a dataset (seeded, or read from an existing shots file) and a validation split.

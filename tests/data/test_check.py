@@ -72,3 +72,16 @@ def test_hand_made_folder_is_checked_with_a_warning(caltech, tmp_path):
     report = check_dataset("Caltech101", tmp_path / "DATA")
     assert any("not made by" in w for w in report.warnings)
     assert "expected 4128" in " ".join(report.problems)  # no manifest: CoOp's table is the reference
+
+
+def test_class_missing_from_the_archive_fails_the_class_count(tmp_path, monkeypatch):
+    import tarfile
+
+    e = catalog.CATALOG["Caltech101"]
+    monkeypatch.setitem(catalog.CATALOG, "Caltech101", dataclasses.replace(e, classes=3))
+    write_archives("Caltech101", tmp_path / "dl", tmp_path / "s")
+    shutil.rmtree(tmp_path / "s" / "101_ObjectCategories" / "ant")  # the archive as if it lacked a class
+    with tarfile.open(tmp_path / "dl" / "101_ObjectCategories.tar.gz", "w:gz") as tf:
+        tf.add(tmp_path / "s" / "101_ObjectCategories", arcname="101_ObjectCategories")
+    prepare_dataset("Caltech101", tmp_path / "DATA", tmp_path / "dl")  # the seeded split agrees with itself ...
+    assert "2 classes, expected 3" in _problems(tmp_path)  # ... but not with CoOp's class count

@@ -67,6 +67,21 @@ def test_split_file_is_used_and_labelled_coop(tmp_path, small):
     assert check_dataset("OxfordPets", tmp_path / "DATA").ok
 
 
+def test_split_file_of_another_dataset_is_one_clear_error_and_resume_takes_the_right_one(tmp_path, small):
+    small("DescribableTextures", write_archives("DescribableTextures", tmp_path / "dl", tmp_path / "s"))
+    wrong = tmp_path / "split_zhou_OxfordPets.json"
+    wrong.write_text(json.dumps({"train": [["Abyssinian_1.jpg", 0, "abyssinian"]], "val": [],
+                                 "test": [["beagle_5.jpg", 1, "beagle"]]}))
+    with pytest.raises(DataError) as e:
+        prepare_dataset("dtd", tmp_path / "DATA", tmp_path / "dl", split_file=wrong)
+    msg = str(e.value)
+    assert "\n" not in msg and "lists 1 image(s) the archives do not hold (e.g. Abyssinian_1.jpg)" in msg
+    assert "is split_zhou_OxfordPets.json the split file of DescribableTextures?" in msg
+    assert not (tmp_path / "DATA" / "dtd").exists()
+    res = prepare_dataset("dtd", tmp_path / "DATA", tmp_path / "dl")  # resumed, now without the wrong file
+    assert res.manifest["split"]["source"] == "seeded" and check_dataset("dtd", tmp_path / "DATA").ok
+
+
 def test_seeded_split_is_reproducible_and_disjoint(tmp_path, small):
     small("DescribableTextures", write_archives("DescribableTextures", tmp_path / "dl", tmp_path / "s"))
     a = prepare_dataset("dtd", tmp_path / "A", tmp_path / "dl", seed=3)
@@ -137,5 +152,9 @@ def test_imagenet_variant_is_prepared_and_counted(tmp_path, small):
     res = prepare_dataset("imagenet-a", tmp_path / "DATA", tmp_path / "dl")
     assert res.manifest["counts"] == {"test": 6} and (res.path / "classnames.txt").is_file()
     assert check_dataset("ImageNetA", tmp_path / "DATA").ok
+    img = res.path / "imagenet-a" / "n01531178" / "1.jpg"
+    img.write_bytes(img.read_bytes()[:40])  # a truncated image
+    assert "do not decode: n01531178/1.jpg" in " ".join(check_dataset("ImageNetA", tmp_path / "DATA").problems)
+    assert check_dataset("ImageNetA", tmp_path / "DATA", decode=False).ok
     (res.path / "imagenet-a" / "n01498041" / "0.jpg").unlink()
     assert "5 images, expected 6 (1 missing)" in " ".join(check_dataset("ImageNetA", tmp_path / "DATA").problems)

@@ -85,3 +85,53 @@ def test_bench_coop11_names_the_missing_folders(tmp_path):
     assert isinstance(r.exception, DataError)
     msg = str(r.exception)
     assert "imagenet" in msg and "fgvc_aircraft" in msg and "/dtd" not in msg and "kshot data prepare" in msg
+
+
+def test_two_commands_from_the_official_archives_give_the_paper_table(tmp_path, monkeypatch):
+    """`kshot data prepare coop11 --from DIR` then `kshot bench --datasets coop11` (fewshot and base2new), on fixture
+    archives of all eleven datasets in their real structure (README "Reproduce a paper table")."""
+    import dataclasses
+
+    from kshot.data import catalog
+    from kshot.data.catalog import COOP11
+    from tests.data.coop_archives import PER_CLASS, write_archives
+
+    dl, data = tmp_path / "dl", tmp_path / "DATA"
+    for name in COOP11:
+        n = write_archives(name, dl, tmp_path / "scratch" / name)
+        e = catalog.CATALOG[name]
+        counts = (PER_CLASS * n, None, 6) if name == "ImageNet" else (6, 3, 6) if name == "FGVCAircraft" else e.counts
+        monkeypatch.setitem(catalog.CATALOG, name, dataclasses.replace(e, classes=n, counts=counts))
+    runner = CliRunner()
+    r = runner.invoke(app, ["data", "prepare", "coop11", "--root", str(data), "--from", str(dl)])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    from kshot.features.cache import FeatureStore
+
+    encoded, get = {}, FeatureStore.get
+
+    def spy(self, backbone, dataset, *a, **kw):
+        encoded.setdefault(dataset.name, []).append(len(dataset))
+        return get(self, backbone, dataset, *a, **kw)
+
+    monkeypatch.setattr(FeatureStore, "get", spy)
+    out, cache = tmp_path / "paper", ["--cache", str(tmp_path / "c")]
+    r = runner.invoke(app, ["bench", "--datasets", "coop11", "--root", str(data), "--methods", "tip_adapter,zeroshot",
+                            "--shots", "1", "--seeds", "1,2", "-o", str(out), *cache])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    table = json.loads((out / "table.json").read_text())
+    assert table["datasets"] == list(COOP11)  # every CoOp dataset in the few-shot protocol, FGVCAircraft, ImageNet too
+    assert len(table["rows"]) == 2 and all(r["average"] is not None for r in table["rows"])
+    assert all(c[2] == 2 for r in table["rows"] for c in r["cells"].values())  # two seeds per cell
+    assert "| method | shots | ImageNet | Caltech101 |" in (out / "table.md").read_text()
+    # the fixtures bring no split_zhou_*.json: those nine splits are seeded, and the table says so
+    (note,) = table["notes"]
+    assert "seeded split, not CoOp's" in note and "DescribableTextures" in note and "FGVCAircraft" not in note
+    assert note in (out / "table.md").read_text() and f"% {note}" in (out / "table.tex").read_text()
+    # ImageNet's pool is not encoded whole: only its drawn shots and validation images (1 shot + 1 val, 2 seeds)
+    assert encoded["ImageNet"][0] <= 3 * 4 < 3 * PER_CLASS
+    r = runner.invoke(app, ["bench", "--protocol", "base2new", "--datasets", "coop11", "--root", str(data),
+                            "--methods", "zeroshot", "--shots", "1", "--seeds", "1", "-o", str(tmp_path / "b2n"),
+                            *cache])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    b2n = (tmp_path / "b2n" / "table_base2new.md").read_text()
+    assert all(f"| {n} | zeroshot |" in b2n for n in COOP11)

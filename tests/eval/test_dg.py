@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from kshot.cli import app
 from kshot.data import catalog
 from kshot.data.benchmarks import load_benchmark
-from kshot.eval.dg import DGInputs, Target, columns_for, drawn_indices, run_dg_cell
+from kshot.eval.dg import DGInputs, Target, columns_for, run_dg_cell
 from kshot.errors import DataError
-from kshot.experiment import draw_selection
+from kshot.experiment import draw_selection, drawn_indices
 from kshot.features.cache import FeatureStore
 from kshot.features.featureset import FeatureSet
 from tests.data.coop_archives import PER_CLASS, imagenet_variants, write_archives
@@ -99,8 +99,8 @@ def test_bench_dg_from_the_official_archives(tmp_path, monkeypatch):
         "ImageNet", *targets}
     _ok(runner.invoke(app, args))  # resumable: nothing re-run
     assert len((out / "results.jsonl").read_text().splitlines()) == 4
-    for suffix in ("md", "csv", "tex"):
-        assert (out / f"table_dg.{suffix}").stat().st_size > 0
+    for name in ("table_dg.md", "table_dg.csv", "table_dg.tex", "dg_curves.png"):
+        assert (out / name).stat().st_size > 0
     text = _ok(runner.invoke(app, ["predict", str(data / "imagenet-sketch"), "-o", str(tmp_path / "p.csv"),
                                    "--cache", str(tmp_path / "c")]))
     assert f"wrote {sizes['ImageNetSketch']} predictions" in text and "top1" in text
@@ -112,3 +112,25 @@ def test_bench_dg_refuses_before_any_work(tmp_path):
         r = runner.invoke(app, ["bench", "--protocol", "dg", *extra, "-o", str(tmp_path / "o")])
         assert r.exit_code != 0 and expected in str(r.exception), r.output + repr(r.exception)
         assert not (tmp_path / "o").exists()
+
+
+def test_dg_source_cell_equals_the_fewshot_cell_and_a_copy_scores_alike(tmp_path, monkeypatch):
+    """On the toy world: the DG source column is the few-shot protocol's number, and a target holding the same test
+    images (another folder) gets the same accuracy."""
+    import shutil
+
+    from kshot.toyworld.export import export_world
+    from kshot.toyworld.generator import World
+
+    export_world(World(), "imagefolder", tmp_path / "toy", n_train=4, n_val=1, n_test=2, seed=0)
+    shutil.copytree(tmp_path / "toy", tmp_path / "toycopy")
+    common = ["--methods", "tip_adapter", "--shots", "2", "--seeds", "1", "--cache", str(tmp_path / "c")]
+    _ok(runner.invoke(app, ["bench", "--datasets", str(tmp_path / "toy"), "-o", str(tmp_path / "fs"), *common]))
+    _ok(runner.invoke(app, ["bench", "--protocol", "dg", "--datasets", f"{tmp_path / 'toy'},{tmp_path / 'toycopy'}",
+                            "-o", str(tmp_path / "dg"), *common]))
+    (fs,) = [json.loads(x) for x in (tmp_path / "fs" / "results.jsonl").read_text().splitlines()]
+    (dg,) = [json.loads(x) for x in (tmp_path / "dg" / "results.jsonl").read_text().splitlines()]
+    assert dg["targets"] == {"toy": fs["top1"], "toycopy": fs["top1"]} and 0.05 < fs["top1"]  # above chance (1/80)
+    r = runner.invoke(app, ["bench", "--protocol", "dg", "--datasets", f"{tmp_path / 'toy'},{tmp_path / 'toy'}",
+                            "-o", str(tmp_path / "dup"), *common])
+    assert isinstance(r.exception, DataError) and "both called 'toy'" in str(r.exception)

@@ -3,8 +3,8 @@
 Problems (any one fails the check): a half-prepared or absent folder; listed images that do not exist (named by
 folder, so a missing class shows as its folder); per-split image counts or the class count differing from CoOp's
 published table (for a seeded split, from the counts its manifest recorded, since the per-class rounding differs
-from CoOp's); images that do not decode; one path in two splits. Byte-identical images in two splits are a warning
-(some official datasets contain a few).
+from CoOp's); images that do not decode (ImageNet variants included); one path in two splits. Byte-identical images in
+two splits are a warning (some official datasets contain a few).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from PIL import Image
 from kshot.data.catalog import Entry, get_entry
 from kshot.data.coop_build import VARIANT_IMAGES, variant_images
 from kshot.data.dataset import Dataset
+from kshot.data.imagenet_variants import load_variant
 from kshot.data.paths import MissingFilesError
 from kshot.data.prepare import MANIFEST, partial_dir, read_manifest
 from kshot.errors import DataError
@@ -87,6 +88,11 @@ def check_dataset(name: str, root: Path | str, *, decode: bool = True,
                                    "are not comparable to published ones; counts compared with the manifest")
     if entry.variant:
         _check_variant(entry, folder, expected, report)
+        if decode and report.rows:
+            try:
+                _decode({"test": load_variant(folder, entry.name).dataset}, report, progress)
+            except DataError as e:  # e.g. no classnames.txt
+                report.problems.append(str(e))
         return report
     splits = _read_splits(entry, folder, report)
     for i, s in enumerate(("train", "val", "test")):

@@ -30,7 +30,7 @@ from kshot.data.archives import Progress, download, locate, unpack
 from kshot.data.catalog import Entry, get_entry
 from kshot.data.coop_build import (PLACE, Row, arrange_imagenet_val, list_items, merge_into, unpack_imagenet_train,
                                    variant_images)
-from kshot.data.paths import atomic_write_text
+from kshot.data.paths import MissingFilesError, atomic_write_text
 from kshot.errors import DataError
 
 from kshot.data.benchmarks import BENCHMARKS, load_benchmark
@@ -115,7 +115,7 @@ def prepare_dataset(name: str, root: Path | str, source: Path | str | None = Non
     if entry.name == "ImageNet":
         arrange_imagenet_val(work)
     split = _split(entry, work, src, Path(split_file) if split_file else None, seed)
-    counts, classes = _count(entry, work)
+    counts, classes = _count(entry, work, split)
     manifest = {"kshot_manifest": 1, "dataset": entry.name, "folder": entry.folder, "archives": archives,
                 "split": split, "counts": counts, "classes": classes,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -181,8 +181,9 @@ def seeded_split(rows: list[Row], counts: tuple[int, int | None, int], seed: int
     return out
 
 
-def _count(entry: Entry, work: Path) -> tuple[dict[str, int], int]:
-    """Images per split, read back through the CoOp readers (a missing listed image is an error), and classes."""
+def _count(entry: Entry, work: Path, split_info: dict) -> tuple[dict[str, int], int]:
+    """Images per split, read back through the CoOp readers (a missing listed image is a one-line error naming the
+    split file when one was given), and classes."""
     if entry.variant:
         per_class = variant_images(entry.name, work)
         return {"test": sum(per_class.values())}, len(per_class)
@@ -190,6 +191,12 @@ def _count(entry: Entry, work: Path) -> tuple[dict[str, int], int]:
     for split in ("train", "val", "test"):
         if entry.name == "ImageNet" and split == "val":
             continue
-        ds = load_benchmark(work, split, BENCHMARKS[entry.name].name)
+        try:
+            ds = load_benchmark(work, split, BENCHMARKS[entry.name].name)
+        except MissingFilesError as e:
+            given = split_info.get("file")
+            raise DataError(f"{entry.name}: split '{split}' of {given or entry.split_file} lists {len(e.missing)} "
+                            f"image(s) the archives do not hold (e.g. {e.missing[0][0]})"
+                            + (f": is {given} the split file of {entry.name}?" if given else "")) from None
         counts[split], classes = len(ds), max(classes, ds.num_classes)
     return counts, classes

@@ -19,6 +19,7 @@ from kshot.backbones import load_backbone
 from kshot.data.benchmarks import find_benchmark
 from kshot.data.catalog import CATALOG, COOP11
 from kshot.data.imagenet_variants import VARIANTS
+from kshot.data.prepare import read_manifest
 from kshot.data.coop_source import load_any
 from kshot.config import parse_list
 from kshot.errors import ConfigError, DataError
@@ -115,42 +116,65 @@ def bench(
     paths = dataset_paths(datasets, root, out, dg=protocol == "dg")
     export_toy(paths, out)
     bb = load_backbone(backbone, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if protocol == "base2new":
-        recs = []
-        for path in paths:
-            res = run_base2new(path, methods=methods, backbone=bb, shots=ks, seeds=seed_list, overrides=sets,
-                               out=out, cache=cache, device=device, progress=console.print)
-            recs += res["records"]
-        table = base2new_table(recs)
-        (out / "table_base2new.md").write_text(table)
-        Console().print(table)
-        console.print(f"results in {out}: table_base2new.md")
-        return
     proto = FewShotProtocol(methods, ks, seed_list, sets)
-    fs = FeatureStore(cache or default_cache_dir())
-    store = ResultStore(out / "results.jsonl")
-    if protocol == "dg":
-        inputs = dg_inputs(paths[0], paths[1:], bb, fs, proto)
-        recs = run_dg(inputs, proto, store, progress=lambda s: console.print(f"{inputs.source}: {s}"))
-        names = [t.name for t in inputs.targets]
-        rows = paper_rows(per_target_records(recs), names, bb.spec, compare=False, average_of=names[1:])
-        written = write_tables(rows, names, out, stem="table_dg")
-        Console().print((out / "table_dg.md").read_text())
-        console.print(f"results in {out}: {', '.join(p.name for p in written)} (average: over the targets)")
-        return
+    if protocol == "base2new":
+        _base2new(paths, bb, proto, out, cache, device)
+    else:
+        fs, store = FeatureStore(cache or default_cache_dir()), ResultStore(out / "results.jsonl")
+        (_dg if protocol == "dg" else _fewshot)(paths, bb, proto, fs, store, out)
+
+
+def _base2new(paths: list[Path], bb, proto: FewShotProtocol, out: Path, cache: Optional[Path],
+              device: Optional[str]) -> None:
+    """CoOp's base-to-new table over `paths`: table_base2new.md."""
+    recs = []
+    for path in paths:
+        res = run_base2new(path, methods=proto.methods, backbone=bb, shots=proto.shots, seeds=proto.seeds,
+                           overrides=proto.overrides, out=out, cache=cache, device=device, progress=console.print)
+        recs += res["records"]
+    table = base2new_table(recs)
+    (out / "table_base2new.md").write_text(table)
+    Console().print(table)
+    console.print(f"results in {out}: table_base2new.md")
+
+
+def _dg(paths: list[Path], bb, proto: FewShotProtocol, fs: FeatureStore, store: ResultStore, out: Path) -> None:
+    """Domain generalisation from paths[0] to paths[1:]: table_dg.md/.csv/.json/.tex and dg_curves.png, averaged over
+    the targets."""
+    inputs = dg_inputs(paths[0], paths[1:], bb, fs, proto)
+    recs = run_dg(inputs, proto, store, progress=lambda s: console.print(f"{inputs.source}: {s}"))
+    names = [t.name for t in inputs.targets]
+    rows = paper_rows(per_target_records(recs), names, bb.spec, compare=False, average_of=names[1:])
+    written = write_tables(rows, names, out, stem="table_dg")
+    plot_curves(recs, out / "dg_curves.png", f"{inputs.source} → {', '.join(names[1:])} — {bb.spec}",
+                metric=lambda r: sum(r["targets"][n] for n in names[1:]) / len(names[1:]),
+                ylabel="top-1 averaged over the targets (%)")
+    Console().print((out / "table_dg.md").read_text())
+    console.print(f"results in {out}: {', '.join(p.name for p in written)} (average: over the targets)")
+
+
+def _fewshot(paths: list[Path], bb, proto: FewShotProtocol, fs: FeatureStore, store: ResultStore, out: Path) -> None:
+    """The few-shot protocol on every dataset: table.md/.csv/.json/.tex (+ the published column), curves."""
     names, records = [], []
     for path in paths:
         pool, test = load_any(path, split="train"), load_any(path, split="test")
-        wf.preflight(methods, {}, pool.classnames, bb)  # every method checked before extraction and training
-        spec = wf.prompt_spec_for(pool)
-        inputs = FewShotInputs(pool.name, bb.spec, fs.get(bb, pool, name="pool"),
-                               wf.test_features(fs, bb, test, pool.classnames, model=f"the training pool {path}"),
-                               pool.classnames, wf.text_weights_for(bb, pool, spec), bb.logit_scale, encoder=bb)
+        wf.preflight(proto.methods, proto.overrides, pool.classnames, bb)  # every method, before any work
+        drawn = wf.drawn_indices(pool.labels, proto.shots, proto.seeds)  # encode only these (not ImageNet's 1.28 M)
+        shots_fs = wf.pool_features(fs, bb, pool, drawn, name=f"{pool.name} (drawn shots)")
+        if shots_fs.skipped:
+            raise DataError(f"{path}: drawn images do not decode: {', '.join(p for p, _ in shots_fs.skipped[:5])} "
+                            "(see `kshot data check`)")
+        test_fs = wf.test_features(fs, bb, test, pool.classnames, model=f"the training pool {path}")
+        inputs = FewShotInputs(pool.name, bb.spec, shots_fs, test_fs, pool.classnames,
+                               wf.text_weights_for(bb, pool, wf.prompt_spec_for(pool)), bb.logit_scale, encoder=bb,
+                               drawn=drawn, pool_labels=pool.labels)
         recs = run_fewshot(inputs, proto, store, progress=lambda s, n=pool.name: console.print(f"{n}: {s}"))
         plot_curves(recs, out / f"{pool.name}_curves.png", f"{pool.name} — {bb.spec}")
         names.append(pool.name)
         records += recs
-    rows = paper_rows(records, names, bb.spec, compare=sorted(names) == sorted(COOP11))
-    written = write_tables(rows, names, out)
+    seeded = [n for n, p in zip(names, paths) if ((read_manifest(p) or {}).get("split") or {}).get("coop") is False]
+    notes = [f"seeded split, not CoOp's (not comparable to published numbers): {', '.join(seeded)}"] if seeded else []
+    rows = paper_rows(records, names, bb.spec, compare=sorted(names) == sorted(COOP11) and not seeded)
+    written = write_tables(rows, names, out, notes=notes)
     Console().print((out / "table.md").read_text())
     console.print(f"results in {out}: {', '.join(p.name for p in written)}")

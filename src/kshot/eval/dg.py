@@ -72,17 +72,6 @@ class DGInputs:
     encoder: Any = None
 
 
-def drawn_indices(labels: np.ndarray, shots: Sequence[int], seeds: Sequence[int], k_val: int | None = None
-                  ) -> np.ndarray:
-    """Sorted pool indices of every shot and validation image any (K, seed) of a sweep draws."""
-    parts = [np.zeros(0, np.int64)]
-    for k in shots:
-        for s in seeds:
-            sel = draw_selection(labels, k, s, k_val=k_val)
-            parts += [sel.shots, sel.val]
-    return np.unique(np.concatenate(parts))
-
-
 def columns_for(target_keys: Sequence[str], source_keys: Sequence[str], target: str) -> np.ndarray:
     """Source class index of each target class, matching keys (wnids, or class names); a DataError names the
     target classes the source lacks."""
@@ -99,7 +88,7 @@ def dg_inputs(source: Path, targets: Sequence[Path], backbone: Backbone, store: 
     target (an ImageNet variant folder, matched by wnid; any other dataset's test split, matched by class name)."""
     pool = load_any(source, split="train")
     wnids = imagenet_wnids(source) if pool.name == "ImageNet" else None
-    used = drawn_indices(pool.labels, protocol.shots, protocol.seeds, protocol.k_val)
+    used = wf.drawn_indices(pool.labels, protocol.shots, protocol.seeds, protocol.k_val)
     feats = wf.pool_features(store, backbone, pool, used, name=f"{pool.name} (drawn shots)")
     if feats.skipped:
         raise DataError(f"{source}: drawn shot images do not decode: {', '.join(p for p, _ in feats.skipped[:5])}")
@@ -107,6 +96,10 @@ def dg_inputs(source: Path, targets: Sequence[Path], backbone: Backbone, store: 
     for t in targets:
         v = load_variant(t) if is_variant_folder(t) else None
         tests.append((v.dataset, v.wnids) if v else (load_any(t, split="test"), None))
+    seen = [ds.name for ds, _ in tests]
+    if len(set(seen)) < len(seen):
+        raise DataError(f"--protocol dg: two test sets are both called {max(seen, key=seen.count)!r} (the source's "
+                        "test split is always scored; give each target its own folder name)")
     out = []
     for ds, keys in tests:
         if keys is not None and wnids is None:

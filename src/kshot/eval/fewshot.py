@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from kshot import __version__
@@ -63,6 +64,9 @@ class FewShotInputs:
         text_weights: [C, D] zero-shot classifier (None for image-only backbones).
         logit_scale: CLIP temperature.
         encoder: the loaded Backbone, handed only to methods that run an encoder (prompt learning).
+        drawn: when `pool` holds only the images the sweep draws (`kshot.experiment.drawn_indices`): their sorted
+            indices into the whole pool (row i of `pool` = pool item drawn[i]); None: `pool` is the whole pool.
+        pool_labels: with `drawn`, int [N] labels of the whole pool (the draws are made on them).
     """
 
     name: str
@@ -73,13 +77,22 @@ class FewShotInputs:
     text_weights: torch.Tensor | None
     logit_scale: float = 100.0
     encoder: Any = None
+    drawn: np.ndarray | None = None
+    pool_labels: np.ndarray | None = None
+
+    def draw(self, shots: int, seed: int, k_val: int | None = None) -> Any:
+        """The (K, seed) `kshot.experiment.ShotSelection` as rows of `pool` (drawn on the whole pool's labels)."""
+        if self.drawn is None:
+            return draw_selection(self.pool.labels.numpy(), shots, seed, k_val=k_val)
+        sel = draw_selection(self.pool_labels, shots, seed, k_val=k_val)
+        return replace(sel, shots=np.searchsorted(self.drawn, sel.shots), val=np.searchsorted(self.drawn, sel.val))
 
 
 def run_cell(inputs: FewShotInputs, method: str, shots: int, seed: int, overrides: dict[str, Any],
              k_val: int | None = None) -> tuple[dict[str, Any], torch.Tensor]:
     """Fit one method on one draw and score it on the test features. Returns (metrics record, test logits)."""
     m = create(method, **overrides)
-    sel = draw_selection(inputs.pool.labels.numpy(), shots, seed, k_val=k_val)
+    sel = inputs.draw(shots, seed, k_val)
     task = build_task(m, inputs.pool.subset(sel.shots), inputs.classnames, inputs.text_weights,
                       val=inputs.pool.subset(sel.val), test=inputs.test, logit_scale=inputs.logit_scale,
                       backbone=inputs.encoder, seed=seed)

@@ -83,8 +83,8 @@ def _num(v: float | None, sign: bool = False) -> str:
     return "–" if v is None else (f"{v:+.2f}" if sign else f"{v:.2f}")
 
 
-def markdown(rows: Sequence[Row], datasets: Sequence[str]) -> str:
-    """The table as Markdown (top-1 %, mean ± std over seeds)."""
+def markdown(rows: Sequence[Row], datasets: Sequence[str], notes: Sequence[str] = ()) -> str:
+    """The table as Markdown (top-1 %, mean ± std over seeds), then its sources and `notes` (one line each)."""
     head = ["method", "shots", *datasets, "average", "published", "Δ"]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(head) - 2)]
     for r in rows:
@@ -92,7 +92,7 @@ def markdown(rows: Sequence[Row], datasets: Sequence[str]) -> str:
         lines.append(f"| {r.method} | {r.shots} | " + " | ".join(
             [*cells, _num(r.average), _num(r.published), _num(r.diff, sign=True)]) + " |")
     sources = sorted({r.source for r in rows if r.source})
-    return "\n".join(lines + [""] + [f"published: {s}" for s in sources]) + "\n"
+    return "\n".join(lines + [""] + [f"published: {s}" for s in sources] + list(notes)) + "\n"
 
 
 def latex(rows: Sequence[Row], datasets: Sequence[str]) -> str:
@@ -123,12 +123,15 @@ def to_csv(rows: Sequence[Row], datasets: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def write_tables(rows: Sequence[Row], datasets: Sequence[str], out: Path, stem: str = "table") -> list[Path]:
-    """Write <stem>.md, .csv, .json and .tex into `out` (atomically); returns the paths."""
+def write_tables(rows: Sequence[Row], datasets: Sequence[str], out: Path, stem: str = "table",
+                 notes: Sequence[str] = ()) -> list[Path]:
+    """Write <stem>.md, .csv, .json and .tex into `out` (atomically; `notes` under the Markdown table, in the JSON
+    and as LaTeX comments); returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"datasets": list(datasets), "rows": [asdict(r) | {"diff": r.diff} for r in rows]}
-    files = {f"{stem}.md": markdown(rows, datasets), f"{stem}.csv": to_csv(rows, datasets),
-             f"{stem}.json": json.dumps(payload, indent=2) + "\n", f"{stem}.tex": latex(rows, datasets)}
+    payload = {"datasets": list(datasets), "rows": [asdict(r) | {"diff": r.diff} for r in rows], "notes": list(notes)}
+    files = {f"{stem}.md": markdown(rows, datasets, notes), f"{stem}.csv": to_csv(rows, datasets),
+             f"{stem}.json": json.dumps(payload, indent=2) + "\n",
+             f"{stem}.tex": latex(rows, datasets) + "".join(f"% {n}\n" for n in notes)}
     for name, text in files.items():
         atomic_write_text(out / name, text)
     return [out / n for n in files]
