@@ -79,6 +79,10 @@ def test_onnx_and_torchscript_match_kshot(world, kshot_logits, tmp_path, method)
         assert (got.argmax(1) == expected.argmax(1)).all()
     labels = json.loads((tmp_path / "onnx" / "labels.json").read_text())
     assert [labels[str(i)] for i in range(len(labels))] == ds.classnames
+    pre = json.loads((tmp_path / "onnx" / "preprocess.json").read_text())
+    size = images.shape[-1]
+    assert pre["input"]["shape"] == ["N", 3, size, size] and pre["input"]["dtype"] == "uint8"
+    assert f"{size}x{size}" in pre["note"] or f"{size} px" in pre["note"]
 
 
 def test_predict_onnx_writes_the_same_top1_as_kshot(world, tmp_path):
