@@ -214,3 +214,11 @@ def test_page_stays_responsive_during_a_fit(client):
     during = [dt for status, dt in answered if status == "running"]
     assert len(during) >= 8, answered  # polled while the worker was fitting
     assert max(during) < 3.0, max(during)  # a blocked event loop would hold these for the whole fit
+
+
+def test_only_offered_backbones_can_be_fitted(client):
+    assert client.get("/backbones").json() == ["toy:clip"]
+    r = client.post("/fit", json={"dataset": "toy", "method": "lpp", "shots": 1, "backbone": "open_clip:ViT-B-32"})
+    assert r.status_code == 400 and "not offered" in r.json()["detail"]
+    assert {"lpp", "tip_adapter", "gda"} <= {m["name"] for m in client.get("/methods").json()}
+    assert not {"tda", "inmap", "coop", "clip_lora"} & {m["name"] for m in client.get("/methods").json()}
