@@ -137,6 +137,8 @@ def test_unsafe_or_unusable_zips_are_a_400_and_leave_nothing(client, server, mem
 def test_oversized_and_non_zip_uploads_are_a_400(client):
     r = client.post("/upload", files={"file": ("big.zip", os.urandom(3_100_000))})
     assert r.status_code == 400 and "exceeds" in r.json()["detail"]
+    r = client.post("/upload", files={"file": ("big.zip", b"\0" * 5_000_000)})  # over limit + framing: not read
+    assert r.status_code == 400 and "request body" in r.json()["detail"]
     r = client.post("/upload", files={"file": ("a.zip", b"plain text")})
     assert r.status_code == 400 and "not a zip" in r.json()["detail"]
     r = client.post("/upload", files={"file": ("a.zip", b"x")}, data={"name": "../up"})

@@ -1,5 +1,5 @@
 """Headless Chromium (Debian's `chromium`, driven by Playwright) opens the page, picks the toy dataset, looks at the
-shot gallery and drops a shot, fits, reads the report, uploads an image and reads the prediction; a screenshot of
+shot gallery and drops a shot, fits, reads the report, uploads two images and reads the predictions; a screenshot of
 each step is kept in the test's tmp folder (pytest's basetemp, never the repo).
 
 Set KSHOT_README_SHOT=path to also write the last screenshot there, palette-reduced (how docs/img/serve.png was
@@ -65,9 +65,12 @@ def test_pick_dataset_gallery_fit_report_upload_and_read_prediction(server, tmp_
             page.wait_for_function(ALL_IMAGES_LOADED, arg=".mistake img", timeout=30_000)
         page.screenshot(path=shots / "2-fitted.png", full_page=True)
 
-        img = next(sorted((server["base"] / "data" / "toy" / "test").iterdir())[0].iterdir())
-        page.set_input_files("#file", str(img))
+        test_dirs = sorted((server["base"] / "data" / "toy" / "test").iterdir())
+        imgs = [str(sorted(d.iterdir())[0]) for d in test_dirs[:2]]
+        page.set_input_files("#file", imgs)  # two images at once: one top-5 table each
         page.wait_for_selector("#top1", timeout=30_000)
+        page.wait_for_function("document.querySelectorAll('#result table').length === 2", timeout=30_000)
+        assert page.locator("#result table").first.locator("tr").count() == 5
         top1 = page.text_content("#top1")
         page.screenshot(path=shots / "3-predicted.png", full_page=True)
         browser.close()

@@ -21,8 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from kshot.backbones.base import Backbone
@@ -92,6 +92,15 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     runner = FitRunner(cfg.runs_dir, cfg.cache, backbones, workers=cfg.fit_workers)
     loaded: dict[str, LoadedRun] = {}
     app = FastAPI(title="kshot", description="Fit few-shot classifiers and classify images.")
+    max_body = max(cfg.max_zip_bytes, cfg.max_upload_bytes) + 2**20  # + multipart framing
+
+    @app.middleware("http")
+    async def refuse_large_bodies(request: Request, call_next: Any) -> Any:
+        """A declared body over every upload limit is refused before it is read (the handlers check the rest)."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_body:
+            return JSONResponse({"detail": f"request body of {length} bytes exceeds the limit of {max_body}"}, 400)
+        return await call_next(request)
 
     def bad(e: Exception) -> HTTPException:
         return HTTPException(400, str(e))
