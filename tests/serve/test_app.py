@@ -214,7 +214,9 @@ def test_page_stays_responsive_during_a_fit(client):
         time.sleep(0.05)
     assert job["status"] == "done", job
     during = [dt for status, dt in answered if status == "running"]
-    assert len(during) >= 8, answered  # polled while the worker was fitting
+    print(f"fit {job['ended'] - job['started']:.1f} s, {len(during)} requests answered meanwhile, slowest "
+          f"{max(during or [0]):.3f} s")
+    assert len(during) >= 4, answered  # one full round of requests while the worker was fitting
     assert max(during) < 3.0, max(during)  # a blocked event loop would hold these for the whole fit
 
 
