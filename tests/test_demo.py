@@ -70,3 +70,28 @@ def test_frontier_methods_grow_with_shots_and_keep_named_accuracy(demo, method):
     acc = [_top1(opaque["records"], method, k) for k in (1, 4, 16)]
     assert opaque["zeroshot"]["top1"] < acc[0] < acc[1] < acc[2], acc
     assert _top1(named["records"], method, 16) >= named["zeroshot"]["top1"] - 0.01
+
+
+def test_demo_ends_with_a_serve_command_that_opens_its_run(demo):
+    """The printed (and reported) `kshot serve` command lists the demo's run and the toy world, and the run
+    classifies one of the replica's test images."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from kshot.serve import ServeConfig, create_app
+
+    out, _ = demo
+    cmd = re.search(r"## Look at it\n\n`(kshot serve [^`]+)`", (out / "report.md").read_text()).group(1)
+    args = shlex.split(cmd)
+    root, runs = Path(args[args.index("--root") + 1]), Path(args[args.index("--runs") + 1])
+    assert runs == out / "runs" and (runs / "lpp-4shot" / "method.json").is_file()
+    with TestClient(create_app(ServeConfig([root], runs, out.parent / "cache" / "features"))) as client:
+        assert [r["name"] for r in client.get("/runs").json()] == ["lpp-4shot"]
+        assert "demo-v1" in client.get("/datasets").json()
+        image = sorted((root / "demo-v1" / "TestSetA").iterdir())[0]
+        r = client.post("/predict", params={"run": "lpp-4shot"}, files={"file": (image.name, image.read_bytes())})
+        assert r.status_code == 200 and len(r.json()["top"]) == 5, r.text

@@ -681,6 +681,8 @@ def serve(
     artifacts: Optional[list[Path]] = typer.Option(None, "--artifact", "-a", help="Also offer this `kshot fit` run."),
     uploads: Optional[Path] = typer.Option(None, "--uploads", help="Folder for uploaded dataset zips (a data root "
                                            "too; default: beside --runs)."),
+    more_backbones: Optional[list[str]] = typer.Option(None, "--offer-backbone", help="Also offer this backbone "
+                                                       "spec for fits (repeat); --backbone is the default."),
     backbone: str = BackboneOpt,
     host: str = typer.Option("127.0.0.1", help="Interface to bind (default: this machine only)."),
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
@@ -696,7 +698,7 @@ def serve(
         if not p.is_dir():
             raise KshotError(f"{p}: no such folder")
     cfg = ServeConfig(list(roots), runs, cache or default_cache_dir(), backbone, preload=list(artifacts or []),
-                      uploads=uploads)
+                      uploads=uploads, more_backbones=list(more_backbones or []))
     console.print(f"kshot serve on http://{host}:{port}/ (API docs at /docs); reading only under "
                   f"{', '.join(map(str, roots))}")
     uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")

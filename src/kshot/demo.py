@@ -4,8 +4,9 @@ Steps: export the toy world to disk in the challenge layout (reused when present
 features of the training pool and the labelled test images -> zero-shot and every cached-feature method at
 1/2/4/8/16 shots (one seed) through the protocol runner -> a report folder: Markdown table (overall and the
 opaque-name domain, where zero-shot is weak), few-shot curves, a confusion plot and a `result.txt` for the
-challenge-layout replica (all classes, including those without training images) from the `toy_cascade` pipeline;
-it ends by printing the `kshot serve` command that opens the toy world in the web app.
+challenge-layout replica (all classes, including those without training images) from the `toy_cascade` pipeline,
+and one `kshot fit` run (`runs/`, LP++ at 4 shots on every class); it ends by printing the `kshot serve` command
+that opens that run and the toy world in the web app.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ DEMO_GROUPS = {"named": ("Shapes", "Novel"), "opaque": ("Creatures",)}
 GROUP_TITLES = {"named": "named classes (Shapes + held-out Novel combinations)",
                 "opaque": "Creatures: opaque class names"}
 SUBMISSION_PIPELINE = "toy_cascade"
+#: The run `kshot demo` saves for the web app: (method, shots). LP++ gives classes without shots a text-only logit.
+WEB_RUN = ("lpp", 4)
 
 
 def _world_root(cache: Path | None) -> Path:
@@ -135,6 +138,8 @@ def run_demo(out: Path, *, seed: int = 1, all_methods: bool = False, cache: Path
     cm = confusion_matrix(pred, test_fs.labels.numpy(), pool.num_classes)
     plot_confusion(cm, pool.classnames, out / "confusion.png", f"{SUBMISSION_PIPELINE}, all {pool.num_classes} classes")
 
+    run = save_web_run(out / "runs", root, pool, pool_fs, bb, tw, seed)
+    serve_cmd = f"kshot serve --root {root.parent} --runs {out / 'runs'}"
     elapsed = time.time() - t0
     report = [
         "# kshot demo: toy world + tiny CLIP\n",
@@ -149,15 +154,33 @@ def run_demo(out: Path, *, seed: int = 1, all_methods: bool = False, cache: Path
         + ", ".join(f"{d} {100 * v['top1']:.2f}" for d, v in sub_rec["per_domain"].items()) + ".\n",
         "Plots: " + ", ".join(f"`fewshot_curves_{g}.png`" for g in groups) + ", `confusion.png`. "
         f"Took {elapsed:.0f} s.\n",
+        f"## Look at it\n\n`{serve_cmd}`, then open http://127.0.0.1:8000/: the run `{run.name}` ({WEB_RUN[0]}, "
+        f"{WEB_RUN[1]} shots per class, every class) classifies a dropped image; or pick `{root.name}` and fit.\n",
     ]
     (out / "report.md").write_text("\n".join(report))
     summary = {"groups": summary_groups, "submission": sub_rec, "seconds": elapsed}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     con.print(f"challenge replica: {out / 'result.txt'} (top-1 {100 * sub_rec['top1']:.2f} on the hidden labels)")
     con.print(f"report: {out / 'report.md'}  ({elapsed:.0f} s)")
-    con.print(f"look at it in the web app: kshot serve --root {root.parent} --runs {out / 'runs'}  then open "
-              f"http://127.0.0.1:8000/, pick {root.name}, fit and drop a test image from {root / 'TestSetA'}")
+    con.print(f"look at it in the web app: {serve_cmd}  then open http://127.0.0.1:8000/ and drop a test image from "
+              f"{root / 'TestSetA'} on the run {run.name}, or pick {root.name} and fit another", soft_wrap=True)
     return summary
+
+
+def save_web_run(runs: Path, root: Path, pool: Dataset, pool_fs: FeatureSet, bb, tw: torch.Tensor | None,
+                 seed: int) -> Path:
+    """Fit `WEB_RUN` on the whole pool from its cached features and save it as a `kshot fit` folder in `runs`."""
+    from kshot import experiment as ex
+    from kshot.methods import create
+
+    method, shots = WEB_RUN
+    sel = ex.select_shots(pool, shots, seed)
+    m = create(method)
+    with single_thread():
+        m.fit(ex.build_task(m, pool_fs.subset(sel.shots), pool.classnames, tw, val=pool_fs.subset(sel.val),
+                            logit_scale=bb.logit_scale, backbone=bb, seed=seed))
+    info = ex.FittedRun.describe(bb, pool, ex.prompt_spec_for(pool), method=method, shots=shots, seed=seed, data=root)
+    return ex.FittedRun(m, info).save(runs / f"{method}-{shots}shot", pool, sel.shots)
 
 
 def challenge_replica(root: Path, out: Path, cache: Path | None) -> tuple[dict, "np.ndarray"]:

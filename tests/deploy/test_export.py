@@ -89,6 +89,10 @@ def _check_exports(art, tmp_path, ds, expected):
         assert (got.argmax(1) == expected.argmax(1)).all()
     labels = json.loads((tmp_path / "onnx" / "labels.json").read_text())
     assert [labels[str(i)] for i in range(len(labels))] == ds.classnames
+    pre = json.loads((tmp_path / "onnx" / "preprocess.json").read_text())
+    size = images.shape[-1]
+    assert pre["input"]["shape"] == ["N", 3, size, size] and pre["input"]["dtype"] == "uint8"
+    assert f"{size}x{size}" in pre["note"] or f"{size} px" in pre["note"]
 
 
 @pytest.mark.parametrize("method", EXPORTABLE)

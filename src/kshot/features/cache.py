@@ -25,6 +25,7 @@ needs the output tensors plus one part.
 from __future__ import annotations
 
 import hashlib
+import contextlib
 import json
 import logging
 import os
@@ -218,7 +219,9 @@ class FeatureStore:
         key, fields = cache_key(backbone, dataset, policy)
         entry = self.root / key
         self.last_computed, self.last_parts = [], 0
-        with _entry_lock(entry):
+        # one filler per entry within a process; ranks of one sharded fill coordinate through their parts instead
+        # (a rank holding the lock while it waits for the others would shut them out)
+        with _entry_lock(entry) if shard.world == 1 else contextlib.nullcontext():
             return self._get(backbone, dataset, policy, name, shard, key, fields, entry)
 
     def _get(self, backbone: Backbone, dataset: Dataset, policy: AugmentPolicy, name: str, shard: Shard, key: str,

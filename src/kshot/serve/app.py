@@ -1,6 +1,6 @@
 """The FastAPI application of `kshot serve`: the page, and a JSON API documented at /docs (OpenAPI at /openapi.json).
 
-Endpoints: `GET /datasets` (dataset folders under the data roots), `POST /upload` (a dataset zip, unpacked safely
+Endpoints: `GET /backbones` (specs a fit may name), `GET /datasets` (dataset folders under the data roots), `POST /upload` (a dataset zip, unpacked safely
 under the upload root), `GET /shots` (the shots a fit would use: the gallery), `GET /thumb` (a thumbnail of an image
 of a dataset), `GET /methods` (methods the app can fit), `GET /runs` (fitted runs), `GET /runs/{name}` (a run's
 scores, per-class recall and mistakes), `GET /runs/{name}/confusion.png`, `POST /fit` (start a fit in a worker;
@@ -21,12 +21,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from kshot.backbones.base import Backbone
-from kshot.errors import DataError, KshotError
+from kshot.errors import ConfigError, DataError, KshotError
 from kshot.methods import METHODS
 from kshot.serve.runs import FitRunner, LoadedRun, check_drop, draw_shots, load_run
 from kshot.serve.safety import ZipLimits, dataset_name, file_inside, inside, read_image, safe_unzip
@@ -40,7 +40,8 @@ class ServeConfig:
         roots: data roots; only folders under them are read.
         runs_dir: where fits are written and runs are listed from.
         cache: feature cache folder.
-        backbone: backbone spec offered for fits.
+        backbone: backbone spec of fits that name none (offered first).
+        more_backbones: other backbone specs the page offers for fits (`GET /backbones`); no other spec is loaded.
         max_upload_bytes: largest accepted image upload.
         max_pixels: largest accepted image (width x height).
         preload: extra run folders to list (`kshot serve -a runs/x`).
@@ -61,6 +62,7 @@ class ServeConfig:
     max_zip_bytes: int = 512 * 2**20
     zip_limits: ZipLimits = ZipLimits()
     fit_workers: int = 2
+    more_backbones: list[str] = field(default_factory=list)
 
 
 class FitRequest(BaseModel):
@@ -69,6 +71,7 @@ class FitRequest(BaseModel):
     shots: int = Field(4, ge=1, le=256)
     seed: int = Field(1, ge=0)
     drop: list[str] = Field(default_factory=list, description="shot paths (from GET /shots) to leave out")
+    backbone: str | None = Field(None, description="one of GET /backbones (default: the first)")
 
 
 def _fittable() -> list[dict[str, str]]:
@@ -89,6 +92,15 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     runner = FitRunner(cfg.runs_dir, cfg.cache, backbones, workers=cfg.fit_workers)
     loaded: dict[str, LoadedRun] = {}
     app = FastAPI(title="kshot", description="Fit few-shot classifiers and classify images.")
+    max_body = max(cfg.max_zip_bytes, cfg.max_upload_bytes) + 2**20  # + multipart framing
+
+    @app.middleware("http")
+    async def refuse_large_bodies(request: Request, call_next: Any) -> Any:
+        """A declared body over every upload limit is refused before it is read (the handlers check the rest)."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_body:
+            return JSONResponse({"detail": f"request body of {length} bytes exceeds the limit of {max_body}"}, 400)
+        return await call_next(request)
 
     def bad(e: Exception) -> HTTPException:
         return HTTPException(400, str(e))
@@ -171,6 +183,13 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         img.save(buf, "PNG")
         return Response(buf.getvalue(), media_type="image/png")
 
+    offered = list(dict.fromkeys([cfg.backbone, *cfg.more_backbones]))
+
+    @app.get("/backbones")
+    def backbone_list() -> list[str]:
+        """Backbone specs a fit may name (the server's `--backbone` first)."""
+        return offered
+
     @app.get("/methods")
     def methods() -> list[dict[str, str]]:
         """Methods the app can fit (on cached features: not transductive, no encoder training)."""
@@ -206,11 +225,13 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     @app.post("/fit")
     def fit(req: FitRequest) -> dict[str, Any]:
         """Start a fit of `method` on `shots` per class of a dataset (minus `drop`); poll `GET /jobs/{id}`."""
+        spec = req.backbone or cfg.backbone
         try:
+            if spec not in offered:
+                raise ConfigError(f"backbone {spec!r} is not offered here; choose one of {', '.join(offered)}")
             data = inside(cfg.roots, req.dataset)
             check_drop(data, req.shots, req.seed, req.drop)
-            job = runner.submit(data, req.method, req.shots, req.seed, cfg.backbone, drop=req.drop,
-                                dataset=req.dataset)
+            job = runner.submit(data, req.method, req.shots, req.seed, spec, drop=req.drop, dataset=req.dataset)
         except KshotError as e:
             raise bad(e) from None
         return asdict(job)

@@ -136,7 +136,8 @@ class FitRunner:
              dataset: str) -> None:
         name = f"{method}-{shots}shot-s{seed}-{job.id}"
         tmp = self.runs_dir / f".{name}.partial"
-        job.status, job.started = "running", time.time()
+        job.started = time.time()
+        job.status = "running"
         try:
             job.metrics = fit_run(data, method, shots, seed, backbone, tmp, self.cache, self.backbones, job,
                                   drop=drop, dataset=dataset)
