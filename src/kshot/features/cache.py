@@ -24,8 +24,8 @@ needs the output tensors plus one part.
 
 from __future__ import annotations
 
-import hashlib
 import contextlib
+import hashlib
 import json
 import logging
 import os
