@@ -119,6 +119,8 @@ class DeepPromptMethod(Method):
     needs_backbone: ClassVar[bool] = True
     supports_empty_classes: ClassVar[bool] = True
     trains_encoders: ClassVar[tuple[str, ...]] = ("image", "text")
+    quick_overrides: ClassVar[dict[str, Any]] = {"depth": 3, "epochs": 5, "batch_size": 8, "lr": 0.02,
+                                                 "crop_scale": (0.5, 1.0)}
 
     def __init__(self, config: Any | None = None, **overrides: Any):
         super().__init__(config, **overrides)
