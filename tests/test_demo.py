@@ -95,3 +95,45 @@ def test_demo_ends_with_a_serve_command_that_opens_its_run(demo):
         image = sorted((root / "demo-v1" / "TestSetA").iterdir())[0]
         r = client.post("/predict", params={"run": "lpp-4shot"}, files={"file": (image.name, image.read_bytes())})
         assert r.status_code == 200 and len(r.json()["top"]) == 5, r.text
+
+
+def test_demo_fits_the_image_trained_methods_on_their_tuned_encoders(demo):
+    from kshot.demo import image_trained_methods
+
+    out, summary = demo
+    recs = summary["image_trained"]
+    assert [r["method"] for r in recs] == image_trained_methods()
+    assert all(0.0 <= r["top1"] <= 1.0 and r["overrides"] for r in recs)
+    assert "Methods that train through the image encoder" in (out / "report.md").read_text()
+
+
+def test_image_trained_methods_are_chosen_by_capability():
+    from kshot.demo import image_trained_methods
+    from kshot.methods import METHODS
+
+    names = image_trained_methods()
+    assert {"clip_lora", "maple", "promptsrc", "atprompt_maple", "atprompt_promptsrc"} <= set(names)
+    assert not {"coop", "kgcoop", "tip_adapter", "zeroshot", "auto"} & set(names)
+    assert all("image" in METHODS.get(n).trains_encoders and METHODS.get(n).quick_overrides for n in names)
+
+
+def test_image_trained_section_on_a_class_subset(tmp_path):
+    """Two of four toy classes, relabelled 0/1; MaPLe with its quick settings, scored on its own tuned encoder."""
+    from rich.console import Console
+
+    from kshot.backbones import load_backbone
+    from kshot.demo import image_trained_section, restrict_dataset
+    from kshot.experiment import prompt_spec_for, text_weights_for
+    from kshot.features import FeatureStore
+    from tests.methods.test_clip_lora import _world
+
+    train, test = _world(tmp_path / "data", shots=3)
+    sub = restrict_dataset(test, [1, 3], "two")
+    assert sub.classnames == [test.classnames[1], test.classnames[3]] and sorted(set(sub.labels)) == [0, 1]
+    assert len(sub) == 12
+    bb = load_backbone("toy:clip")
+    tw = text_weights_for(bb, train, prompt_spec_for(train))
+    recs = image_trained_section(train, test, bb, FeatureStore(tmp_path / "cache"), tw, [1, 3], 1, Console(),
+                                 shots=2, methods=["maple"])
+    assert len(recs) == 1 and recs[0]["method"] == "maple" and recs[0]["overrides"]["depth"] == 3
+    assert round(12 * recs[0]["top1"]) == pytest.approx(12 * recs[0]["top1"])  # a fraction of the 12 test images

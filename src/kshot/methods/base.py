@@ -87,6 +87,9 @@ class Method(ABC):
     trains_encoders: ClassVar[tuple[str, ...]] = ()
     #: True when `fit` chooses among other registered methods (`auto`): left out of default sweeps and candidates.
     selects_method: ClassVar[bool] = False
+    #: Config overrides for a quick run on a small backbone such as the toy CLIP (few iterations, depths within its
+    #: 3 text / 4 vision blocks): what `kshot demo` uses for the methods that train through the image encoder.
+    quick_overrides: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: Any | None = None, **overrides: Any):
         if config is None:

@@ -82,6 +82,8 @@ class ClipLora(Method):
     config_cls = ClipLoraConfig
     needs_backbone: ClassVar[bool] = True
     trains_encoders: ClassVar[tuple[str, ...]] = ("image", "text")
+    quick_overrides: ClassVar[dict[str, Any]] = {"iters": 60, "batch_size": 16, "lr": 5e-3,
+                                                 "crop_scale": (0.5, 1.0)}
     cv_tunes: ClassVar[bool | None] = False  # the last iterate is kept: nothing is chosen on validation data
 
     def fit(self, task: Task) -> "ClipLora":

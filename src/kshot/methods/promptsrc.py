@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +87,8 @@ class SRCParams(nn.Module):
 class PromptSRC(DeepPromptMethod):
     name = "promptsrc"
     config_cls = PromptSRCConfig
+    quick_overrides: ClassVar[dict[str, Any]] = {"depth": 3, "depth_vision": 4, "epochs": 5, "batch_size": 8,
+                                                 "lr": 0.02, "gpa_mean": 4.0, "crop_scale": (0.5, 1.0)}
 
     def vision_depth(self) -> int:
         return int(self.config.depth_vision)

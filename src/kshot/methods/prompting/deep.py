@@ -60,8 +60,9 @@ class DeepPromptConfig:
         crop_scale: RandomResizedCrop area range of the shots (Dassl's random_resized_crop).
         amp: 'bf16' | 'fp16' | 'off' on CUDA; grad_checkpointing: recompute block activations in backward.
         num_workers: decoding processes; progress: progress bar.
-        init: a `kshot fit` run folder (artifact) of the same method and backbone whose trainable tensors start this
-            fit (continue training it; "" = the initialisation above).
+        init: a `kshot fit` run folder (artifact) of the same method and backbone whose trainable tensors (its last
+            step, before PromptSRC's aggregation) start this fit (continue training it; "" = the initialisation
+            above).
         checkpoint_every, checkpoint_dir: a resumable training checkpoint every N steps into this folder (0 / "" =
             none); a fit with the same folder resumes from its last one (`DeepPromptMethod.extra_state` included).
         attributes: ATPrompt attribute words (empty = plain prompts); n_att: soft tokens before each (None = n_ctx);
@@ -119,6 +120,8 @@ class DeepPromptMethod(Method):
     needs_backbone: ClassVar[bool] = True
     supports_empty_classes: ClassVar[bool] = True
     trains_encoders: ClassVar[tuple[str, ...]] = ("image", "text")
+    quick_overrides: ClassVar[dict[str, Any]] = {"depth": 3, "epochs": 5, "batch_size": 8, "lr": 0.02,
+                                                 "crop_scale": (0.5, 1.0)}
 
     def __init__(self, config: Any | None = None, **overrides: Any):
         super().__init__(config, **overrides)
