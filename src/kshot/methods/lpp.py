@@ -90,9 +90,10 @@ def lpp_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 
 def cross_entropy_grad(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
     """Mean cross-entropy of logits [B, C] against labels [B] and its gradient (softmax − one-hot) / B [B, C]."""
-    log_p = torch.log_softmax(logits, dim=1)  # max-shifted first, as F.cross_entropy: p_true ≈ 1 stays exact
-    loss = -float(log_p.gather(1, labels[:, None]).mean())
-    grad = log_p.exp_()
+    # both max-shifted first, as F.cross_entropy (p_true ≈ 1 stays exact); exp of a very negative log-probability
+    # is slow elementwise on CPU, so the probabilities come from softmax, not from exp(log_softmax)
+    loss = -float(torch.log_softmax(logits, dim=1).gather(1, labels[:, None]).mean())
+    grad = torch.softmax(logits, dim=1)
     grad[torch.arange(len(labels), device=labels.device), labels] -= 1.0
     return loss, grad.div_(len(labels))
 
