@@ -160,19 +160,24 @@ def _blocked_interval_counts(parts: tuple[torch.Tensor, ...], affinity: torch.Te
     unit = ng == 1 and bool((w_ck == 1).all())  # plain Tip-Adapter cache: a sum, no weights
     correct = torch.zeros(len(betas), na, ng, dtype=torch.int64, device=affinity.device)
     signed = _SignedParts.of(parts)
+    w_ckg = w_ck.transpose(1, 2).contiguous() if ng > 1 else w_ck[:, None]  # [C, k, G] or [C, 1, k]
     for r0 in range(0, n, rows):
-        one_minus = 1.0 - torch.nn.functional.pad(affinity[r0:r0 + rows], (0, 1))[:, index]  # [R, C, k]
+        # class-major [C, R, k]: the per-class contraction writes [C, R, G] contiguously, and the bounds reduce
+        # over the leading class axis (a [G, R, C] view of it would be strided in every pass)
+        one_minus = (1.0 - torch.nn.functional.pad(affinity[r0:r0 + rows], (0, 1))[:, index]).transpose(0, 1)
+        one_minus = one_minus.contiguous()
         part = signed.rows(r0, r0 + rows)
+        major = part.class_major(ng)
         kern = torch.empty_like(one_minus)
         for ib, beta in enumerate(betas.tolist()):
             torch.mul(one_minus, -beta, out=kern).exp_()  # = cache_kernel(affinity, beta), bit for bit
             if unit:
-                cache = kern.sum(-1)[None]  # [1, R, C]
+                cache = kern.sum(-1, keepdim=True)  # [C, R, 1]
             elif ng == 1:
-                cache = (kern * w_ck).sum(-1)[None]
+                cache = (kern * w_ckg).sum(-1, keepdim=True)
             else:
-                cache = torch.einsum("rck,cgk->grc", kern, w_ck)  # [G, R, C]
-            lower, upper = _fast_interval_bounds(part, cache, alphas)  # [G, R]
+                cache = torch.bmm(kern, w_ckg)  # [C, R, G]
+            lower, upper = _class_major_bounds(part, major, cache, alphas)  # [G, R]
             inside = (lower[:, None] < alphas[:, None]) & (alphas[:, None] < upper[:, None])  # [G, A, R]
             correct[ib] += inside.sum(dim=-1).T
     return correct
@@ -303,7 +308,44 @@ class _SignedParts:
                             self.pad_ahead[r0:r1], self.clip_tie[r0:r1])
 
 
+    def class_major(self, ng: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """inv_behind, inv_ahead, pad_ahead as contiguous [C, N, G] (for a class-major [C, N, G] cache: no
+        broadcast along the innermost axis, which would take PyTorch's slow elementwise path)."""
+        return tuple(t.T[..., None].expand(-1, -1, ng).contiguous()
+                     for t in (self.inv_behind, self.inv_ahead, self.pad_ahead))
+
+
 NEAR_GRID = 1e-5  # relative distance to a grid α under which a bound is recomputed exactly
+
+
+def _class_major_bounds(sp: _SignedParts, major: tuple[torch.Tensor, ...], cache: torch.Tensor,
+                        alphas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_fast_interval_bounds` for a class-major cache [C, R, G] (`major` = `sp.class_major()`) -> [G, R] each."""
+    inv_behind, inv_ahead, pad_ahead = major
+    labels = sp.parts[0][:, 0]
+    rows = torch.arange(len(labels), device=cache.device)
+    d_k = cache[labels, rows] - cache  # [C, R, G]
+    q_up = (d_k * inv_behind).amax(dim=0)
+    q_lo = torch.addcmul(pad_ahead, d_k, inv_ahead, out=d_k).amin(dim=0)
+    lower, upper = _bounds_from_q(q_lo.T, q_up.T)  # [G, R]
+    near = _near_grid(lower, upper, alphas) | sp.clip_tie
+    if bool(near.any()):
+        g, r = near.nonzero().unbind(1)
+        exact_lo, exact_up = _interval_bounds(tuple(p[r] for p in sp.parts), cache[:, r, g].T)
+        lower[near], upper[near] = exact_lo, exact_up
+    return lower, upper
+
+
+def _bounds_from_q(q_lo: torch.Tensor, q_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """α bounds from the 1/α ones: lower = 1/q_lo, upper = 1/q_up, +inf where q ≤ 0 (see `_fast_interval_bounds`)."""
+    inf = torch.full((), float("inf"), device=q_lo.device)
+    return torch.where(q_lo > 0, 1.0 / q_lo, inf), torch.where(q_up > 0, 1.0 / q_up, inf)
+
+
+def _near_grid(lower: torch.Tensor, upper: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """Where a bound lies within `NEAR_GRID` (relative) of a grid α: [...] bool."""
+    tol = NEAR_GRID * alphas.abs()
+    return (((lower[..., None] - alphas).abs() <= tol) | ((upper[..., None] - alphas).abs() <= tol)).any(dim=-1)
 
 
 def _fast_interval_bounds(sp: _SignedParts, cache_logits: torch.Tensor,
@@ -319,12 +361,8 @@ def _fast_interval_bounds(sp: _SignedParts, cache_logits: torch.Tensor,
     d_k = cache_logits.gather(-1, idx.expand(*cache_logits.shape[:-1], 1)) - cache_logits  # [..., N, C]
     q_up = (d_k * sp.inv_behind).amax(dim=-1)
     q_lo = torch.addcmul(sp.pad_ahead, d_k, sp.inv_ahead, out=d_k).amin(dim=-1)
-    inf = torch.full((), float("inf"), device=d_k.device)
-    upper = torch.where(q_up > 0, 1.0 / q_up, inf)
-    lower = torch.where(q_lo > 0, 1.0 / q_lo, inf)
-    tol = NEAR_GRID * alphas.abs()
-    near = (((lower[..., None] - alphas).abs() <= tol) | ((upper[..., None] - alphas).abs() <= tol)).any(dim=-1)
-    near |= sp.clip_tie
+    lower, upper = _bounds_from_q(q_lo, q_up)
+    near = _near_grid(lower, upper, alphas) | sp.clip_tie
     if bool(near.any()):
         at = near.nonzero()
         rows = at[:, -1]
