@@ -8,7 +8,7 @@ from scipy.linalg import eigh
 
 from kshot.errors import ConfigError, DataError, KshotError
 from kshot.methods import create, load
-from kshot.methods.lpp import cross_entropy_grad
+from kshot.methods.lpp import cross_entropy_grad, lr_values, sgd_momentum_step
 from tests.methods.conftest_lpheads import (accuracy, bad_tasks, make_task, tiny_task,
                                             zeroshot_accuracy)
 
@@ -168,5 +168,22 @@ def test_closed_form_gradient_equals_autograd():
     ref = F.cross_entropy(ref_in, labels)
     ref.backward()
     loss, grad = cross_entropy_grad(logits.clone(), labels)
-    assert loss == pytest.approx(float(ref), rel=1e-6)
+    assert loss == pytest.approx(float(ref.detach()), rel=1e-6)
     torch.testing.assert_close(grad, ref_in.grad, rtol=1e-5, atol=1e-9)
+
+
+def test_written_out_sgd_and_cosine_steps_equal_torch():
+    """`sgd_momentum_step` over `lr_values` is torch's SGD(momentum) under CosineAnnealingLR, bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(5, 3, generator=g) for _ in range(7)]
+    ref = torch.zeros(5, 3, requires_grad=True)
+    opt = torch.optim.SGD([ref], lr=0.3, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 7)
+    mine, buffers = torch.zeros(5, 3), []
+    for it, (grad, lr) in enumerate(zip(grads, lr_values(0.3, 7, cosine=True), strict=True)):
+        ref.grad = grad.clone()
+        opt.step()
+        sched.step()
+        sgd_momentum_step([mine], [grad], buffers, lr, 0.9)
+        assert torch.equal(mine, ref.detach()), it
+    assert lr_values(0.3, 4, cosine=False) == [0.3] * 4

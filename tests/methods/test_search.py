@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kshot.errors import ConfigError, DataError
-from kshot.methods.search import class_blocks, correct_alpha_interval, grid_search, linear_grid
+from kshot.methods.search import (_fast_interval_bounds, _interval_bounds, _interval_parts, _SignedParts, class_blocks,
+                                  correct_alpha_interval, grid_search, linear_grid)
 
 
 def _problem(seed: int = 0, n: int = 40, m: int = 24, c: int = 6):
@@ -128,3 +129,33 @@ def test_grid_search_bad_inputs():
         linear_grid(3.0, 0)
     with pytest.raises(ConfigError, match="exceed"):
         linear_grid(0.05, 3)
+
+
+def _grid_counts(lower, upper, alphas):
+    return (lower[..., None] < alphas) & (alphas < upper[..., None])  # [..., N, A]: which α each row gets right
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_bounds_count_exactly_like_the_division(seed):
+    """The signed 1/α form counts the same grid α as `_interval_bounds` on every row, including clip ties, exact
+    cache ties, classes ahead with less cache, and bounds placed exactly on a grid α (recomputed exactly)."""
+    g = torch.Generator().manual_seed(seed)
+    n, c = 300, 9
+    alphas = linear_grid(7.0, 20)
+    clip = torch.randn(n, c, generator=g).mul(4).round().div(2)  # coarse values: many clip ties
+    labels = torch.randint(0, c, (n,), generator=g)
+    cache = torch.rand(3, n, c, generator=g).mul(8).round().div(4)  # many exact cache ties
+    # rows 0..39: no clip tie, and a bound at a grid α to the last ulp (seeds 1, 2 miscount without the fallback)
+    rows = torch.arange(40)
+    clip[rows] = torch.randn(40, c, generator=g) - 20 * torch.rand(40, 1, generator=g)
+    lab = labels[rows]
+    other = (lab + 1) % c
+    unit = 0.3 + 2 * torch.rand(3, 40, generator=g)
+    cache[:, rows, other] = cache[:, rows, lab] - unit
+    d_k = cache[:, rows, lab] - cache[:, rows, other]  # as the search computes it
+    clip[rows, other] = clip[rows, lab] + alphas[rows % 20] * d_k[0]  # image-level: bound ≈ α_j for γ row 0
+    parts = _interval_parts(clip, labels)
+    lower, upper = _interval_bounds(parts, cache)
+    fast_lo, fast_up = _fast_interval_bounds(_SignedParts.of(parts), cache, alphas)
+    assert torch.equal(_grid_counts(fast_lo, fast_up, alphas), _grid_counts(lower, upper, alphas))
+    assert bool(_SignedParts.of(parts).clip_tie.any())  # the tie fallback is exercised

@@ -14,20 +14,8 @@ configs/base.yaml):
   the official `>=`); without one, the last iteration's.
 
 The gradients are the closed form of the cross-entropy (G = (softmax − one-hot)/B; ∂V = GᵀF, ∂b = Σ_i G_i,
-∂α = Σ_i G_i ⊙ f_iᵀT) fed to torch's SGD, with no autograd graph; the text logits of the shots and of the
-validation images are computed once.
-
-Options beyond the paper: `batch_size` > 0 trains with shuffled mini-batches (one "iteration" = one epoch; the α
-gradient of an epoch is the mean of its batch gradients), `lr_schedule="cosine"`. Seed 004 (jittor-few-shot-clip-B,
-few_lp.py) trains full batch for 1000 iterations with cosine decay and α frozen (`iters=1000, lr_schedule="cosine",
-alpha_every=0`); its "batch_size=32" is the feature-extraction loader's batch (with random flips), not the LP++
-training batch.
-
-Classes without shots have no visual prototype: they are left out of training and scored by the text term with the
-mean α of the trained classes, v_k = 0 and b_k = 0 (`empty_class_visual="zero"`, default). "mean" instead gives them
-the mean prototype and bias of the trained classes, a class-agnostic offset that stops features sharing a common
-direction from favouring the trained classes (on a synthetic task with such a direction it raised accuracy on the
-shot-less classes a little and lowered it overall a little, so it is not the default).
+∂α = Σ_i G_i ⊙ f_iᵀT) and the momentum step is torch's SGD update written out, with no autograd graph; the text
+logits of the shots and of the validation images are computed once.
 """
 
 from __future__ import annotations
@@ -90,11 +78,40 @@ def lpp_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 
 def cross_entropy_grad(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
     """Mean cross-entropy of logits [B, C] against labels [B] and its gradient (softmax − one-hot) / B [B, C]."""
-    log_p = torch.log_softmax(logits, dim=1)  # max-shifted first, as F.cross_entropy: p_true ≈ 1 stays exact
-    loss = -float(log_p.gather(1, labels[:, None]).mean())
-    grad = log_p.exp_()
+    # both max-shifted first, as F.cross_entropy (p_true ≈ 1 stays exact); exp of a very negative log-probability
+    # is slow elementwise on CPU, so the probabilities come from softmax, not from exp(log_softmax)
+    loss = -float(torch.log_softmax(logits, dim=1).gather(1, labels[:, None]).mean())
+    grad = torch.softmax(logits, dim=1)
     grad[torch.arange(len(labels), device=labels.device), labels] -= 1.0
     return loss, grad.div_(len(labels))
+
+
+def lr_values(lr: float, iters: int, cosine: bool) -> list[float]:
+    """The step size of every iteration: constant, or torch's `CosineAnnealingLR(T_max=iters)` values exactly."""
+    if not cosine:
+        return [lr] * iters
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters)
+    values = []
+    for _ in range(iters):
+        values.append(opt.param_groups[0]["lr"])
+        opt.step()  # an update without gradients: only keeps the scheduler's order check quiet
+        sched.step()
+    return values
+
+
+def sgd_momentum_step(params: list[torch.Tensor], grads: list[torch.Tensor], buffers: list[torch.Tensor], lr: float,
+                      momentum: float) -> None:
+    """One `torch.optim.SGD(momentum=m)` step in place (no dampening/Nesterov/decay; `buffers` starts empty)."""
+    if momentum == 0:
+        buffers = grads
+    elif not buffers:
+        buffers.extend(g.clone() for g in grads)
+    else:
+        for buf, g in zip(buffers, grads, strict=True):
+            buf.mul_(momentum).add_(g)
+    for p, buf in zip(params, buffers, strict=True):
+        p.add_(buf, alpha=-lr)
 
 
 def lpp_init(x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, num_classes: int,
@@ -150,10 +167,10 @@ class LPP(Method):
 
         weight0, alpha0 = lpp_init(x, ys, text, n_seen, cfg.alpha_init_scale)
         lr_v, lr_a = lpp_step_sizes(x, text, cfg.lr_factor, cfg.alpha_lr_factor)
-        weight, bias = weight0.clone().requires_grad_(True), torch.zeros(n_seen, device=device, requires_grad=True)
+        weight, bias = weight0.clone(), torch.zeros(n_seen, device=device)
         alpha = torch.full((n_seen,), float(alpha0), device=device)
-        opt = torch.optim.SGD([weight, bias], lr=lr_v, momentum=cfg.momentum)  # fed the closed-form gradients
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.iters) if cfg.lr_schedule == "cosine" else None
+        lrs = lr_values(lr_v, cfg.iters, cfg.lr_schedule == "cosine")
+        momentum: list[torch.Tensor] = []
         text_logits = x @ text.T  # [N, Cs], fixed
         gen = cpu_generator(task.seed)
         use_val = cfg.select_on_val and task.val is not None and len(task.val) > 0
@@ -173,27 +190,23 @@ class LPP(Method):
             losses = []
             for idx in batches:
                 xb, tb, yb = (x, text_logits, ys) if idx is None else (x[idx], text_logits[idx], ys[idx])
-                with torch.no_grad():
-                    loss, grad = cross_entropy_grad(torch.addmm(bias, xb, weight.T).add_(alpha * tb), yb)
-                    weight.grad, bias.grad = grad.T @ xb, grad.sum(dim=0)
-                    g_alpha += (grad * tb).sum(dim=0)
-                opt.step()
+                loss, grad = cross_entropy_grad(torch.addmm(bias, xb, weight.T).add_(alpha * tb), yb)
+                sgd_momentum_step([weight, bias], [grad.T @ xb, grad.sum(dim=0)], momentum, lrs[it], cfg.momentum)
+                g_alpha += (grad * tb).sum(dim=0)
                 losses.append(loss)
             self.loss_history_.append(sum(losses) / len(losses))
-            if sched is not None:
-                sched.step()
             g_alpha /= len(batches)
             acc_grad = acc_grad + g_alpha if cfg.accumulate_alpha_grad else g_alpha
             if cfg.alpha_every > 0 and (it + 1) % cfg.alpha_every == 0:
                 alpha -= lr_a * acc_grad
             if use_val:
-                params = self._assemble(weight.detach(), bias.detach(), alpha, seen_idx, num_classes)
+                params = self._assemble(weight, bias, alpha, seen_idx, num_classes)
                 val_logits = torch.addmm(params[1], val_x, params[0].T).add_(params[2] * val_text)
                 acc = accuracy(val_logits, task.val.labels)
                 if acc >= best_acc:
                     best_acc, self.best_iter_, best = acc, it, tuple(p.clone() for p in params)
         if best is None:
-            best = self._assemble(weight.detach(), bias.detach(), alpha, seen_idx, num_classes)
+            best = self._assemble(weight, bias, alpha, seen_idx, num_classes)
         self.weight_, self.bias_, self.alpha_ = best
         self.val_acc_ = best_acc if use_val else None
         self.step_sizes_ = (lr_v, lr_a)

@@ -21,7 +21,10 @@ values, C times fewer operations (`class_blocks`). That path runs in blocks of v
 cache (`CACHE_ROWS_ELEMENTS`): per row block the affinity is gathered into class blocks once, and every β of the
 grid reuses it (the kernel is rebuilt in place, bit-identical to `cache_kernel`), so memory stays O(rows·M) for any
 grid and validation size. Chosen cells and counts are those of the dense path (the tests compare both with the
-literal loop).
+literal loop). The bounds themselves are found in the 1/α form (`_fast_interval_bounds`): which side a class bounds
+depends only on the sign of its clip-logit gap, fixed for the whole search, so each (β, γ) needs one multiply and
+one min/max per side instead of divisions and masks; bounds within 1e-5 of a grid α are recomputed by division, so
+the counts are unchanged.
 """
 
 from __future__ import annotations
@@ -156,20 +159,25 @@ def _blocked_interval_counts(parts: tuple[torch.Tensor, ...], affinity: torch.Te
     w_ck = block_w[0] if ng == 1 else block_w.permute(1, 0, 2).contiguous()  # [C, k] or [C, G, k]
     unit = ng == 1 and bool((w_ck == 1).all())  # plain Tip-Adapter cache: a sum, no weights
     correct = torch.zeros(len(betas), na, ng, dtype=torch.int64, device=affinity.device)
-    idx, neg_dz, flat_bad = parts
+    signed = _SignedParts.of(parts)
+    w_ckg = w_ck.transpose(1, 2).contiguous() if ng > 1 else w_ck[:, None]  # [C, k, G] or [C, 1, k]
     for r0 in range(0, n, rows):
-        one_minus = 1.0 - torch.nn.functional.pad(affinity[r0:r0 + rows], (0, 1))[:, index]  # [R, C, k]
-        part = (idx[r0:r0 + rows], neg_dz[r0:r0 + rows], flat_bad[r0:r0 + rows])
+        # class-major [C, R, k]: the per-class contraction writes [C, R, G] contiguously, and the bounds reduce
+        # over the leading class axis (a [G, R, C] view of it would be strided in every pass)
+        one_minus = (1.0 - torch.nn.functional.pad(affinity[r0:r0 + rows], (0, 1))[:, index]).transpose(0, 1)
+        one_minus = one_minus.contiguous()
+        part = signed.rows(r0, r0 + rows)
+        major = part.class_major(ng)
         kern = torch.empty_like(one_minus)
         for ib, beta in enumerate(betas.tolist()):
             torch.mul(one_minus, -beta, out=kern).exp_()  # = cache_kernel(affinity, beta), bit for bit
             if unit:
-                cache = kern.sum(-1)[None]  # [1, R, C]
+                cache = kern.sum(-1, keepdim=True)  # [C, R, 1]
             elif ng == 1:
-                cache = (kern * w_ck).sum(-1)[None]
+                cache = (kern * w_ckg).sum(-1, keepdim=True)
             else:
-                cache = torch.einsum("rck,cgk->grc", kern, w_ck)  # [G, R, C]
-            lower, upper = _interval_bounds(part, cache)  # [G, R]
+                cache = torch.bmm(kern, w_ckg)  # [C, R, G]
+            lower, upper = _class_major_bounds(part, major, cache, alphas)  # [G, R]
             inside = (lower[:, None] < alphas[:, None]) & (alphas[:, None] < upper[:, None])  # [G, A, R]
             correct[ib] += inside.sum(dim=-1).T
     return correct
@@ -188,6 +196,7 @@ def _dense_counts(parts: tuple[torch.Tensor, ...], clip_logits: torch.Tensor, la
     b_chunk = max(1, max_elements // max(1, 6 * per_beta, per_beta * a_chunk if strategy == "argmax" else 0,
                                          per_key, ng * n * na))
     correct = torch.empty(len(betas), na, ng, dtype=torch.int64, device=affinity.device)
+    signed = _SignedParts.of(parts) if strategy == "interval" else None
     for b0 in range(0, len(betas), b_chunk):
         bs = betas[b0:b0 + b_chunk]
         kern = cache_kernel(affinity[None], bs[:, None, None])  # [b, N, M]
@@ -198,7 +207,7 @@ def _dense_counts(parts: tuple[torch.Tensor, ...], clip_logits: torch.Tensor, la
         else:
             cache = torch.einsum("bnm,gmc->bgnc", kern, weighted)
         if strategy == "interval":
-            lower, upper = _interval_bounds(parts, cache)  # [b, G, N]
+            lower, upper = _fast_interval_bounds(signed, cache, alphas)  # [b, G, N]
             inside = (lower[:, :, None] < alphas[:, None]) & (alphas[:, None] < upper[:, :, None])  # [b,G,A,N]
             correct[b0:b0 + len(bs)] = inside.sum(dim=-1).transpose(1, 2)
             continue
@@ -259,6 +268,107 @@ def _interval_parts(clip_logits: torch.Tensor, labels: torch.Tensor) -> tuple[to
     # classes that beat (or out-rank on a tie) the label when their cache logit equals the label's
     flat_bad = ((d_z < 0) | ((d_z == 0) & (idx > cls))) & (idx != cls)
     return idx, -d_z, flat_bad
+
+
+@dataclass(frozen=True)
+class _SignedParts:
+    """`_interval_parts` re-expressed per clip sign (fixed for the whole search), for `_fast_interval_bounds`.
+
+    With s = 1/α, image n beats class c iff d_k > (Z_c − Z_y) s: a bound on s whose direction depends only on the
+    sign of Z_c − Z_y, not on β or γ. Classes behind the label in the clip logits give s > d_k/(Z_c − Z_y) (an upper
+    bound on α), classes ahead give s < d_k/(Z_c − Z_y) (a lower bound on α).
+
+    Attributes:
+        parts: `_interval_parts`' tuple (for the exact fallback).
+        inv_behind, inv_ahead: [N, C] 1/(Z_c − Z_y) on the classes behind / ahead of the label, 0 elsewhere.
+        pad_ahead: [N, C] 0 on the classes ahead, +inf elsewhere (neutral for the minimum).
+        clip_tie: [N] rows where another class has exactly the label's clip logit (handled exactly).
+    """
+
+    parts: tuple[torch.Tensor, ...]
+    inv_behind: torch.Tensor
+    inv_ahead: torch.Tensor
+    pad_ahead: torch.Tensor
+    clip_tie: torch.Tensor
+
+    @classmethod
+    def of(cls, parts: tuple[torch.Tensor, ...]) -> "_SignedParts":
+        idx, neg_dz, _ = parts
+        zero = torch.zeros((), device=neg_dz.device)
+        inv = 1.0 / neg_dz
+        ahead, behind = neg_dz > 0, neg_dz < 0
+        others = torch.arange(neg_dz.shape[1], device=neg_dz.device) != idx
+        return cls(parts, torch.where(behind, inv, zero), torch.where(ahead, inv, zero),
+                   torch.where(ahead, zero, torch.full((), float("inf"), device=neg_dz.device)),
+                   ((neg_dz == 0) & others).any(dim=1))
+
+    def rows(self, r0: int, r1: int) -> "_SignedParts":
+        """The same for validation rows r0:r1."""
+        return _SignedParts(tuple(p[r0:r1] for p in self.parts), self.inv_behind[r0:r1], self.inv_ahead[r0:r1],
+                            self.pad_ahead[r0:r1], self.clip_tie[r0:r1])
+
+
+    def class_major(self, ng: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """inv_behind, inv_ahead, pad_ahead as contiguous [C, N, G] (for a class-major [C, N, G] cache: no
+        broadcast along the innermost axis, which would take PyTorch's slow elementwise path)."""
+        return tuple(t.T[..., None].expand(-1, -1, ng).contiguous()
+                     for t in (self.inv_behind, self.inv_ahead, self.pad_ahead))
+
+
+NEAR_GRID = 1e-5  # relative distance to a grid α under which a bound is recomputed exactly
+
+
+def _class_major_bounds(sp: _SignedParts, major: tuple[torch.Tensor, ...], cache: torch.Tensor,
+                        alphas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_fast_interval_bounds` for a class-major cache [C, R, G] (`major` = `sp.class_major()`) -> [G, R] each."""
+    inv_behind, inv_ahead, pad_ahead = major
+    labels = sp.parts[0][:, 0]
+    rows = torch.arange(len(labels), device=cache.device)
+    d_k = cache[labels, rows] - cache  # [C, R, G]
+    q_up = (d_k * inv_behind).amax(dim=0)
+    q_lo = torch.addcmul(pad_ahead, d_k, inv_ahead, out=d_k).amin(dim=0)
+    lower, upper = _bounds_from_q(q_lo.T, q_up.T)  # [G, R]
+    near = _near_grid(lower, upper, alphas) | sp.clip_tie
+    if bool(near.any()):
+        g, r = near.nonzero().unbind(1)
+        exact_lo, exact_up = _interval_bounds(tuple(p[r] for p in sp.parts), cache[:, r, g].T)
+        lower[near], upper[near] = exact_lo, exact_up
+    return lower, upper
+
+
+def _bounds_from_q(q_lo: torch.Tensor, q_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """α bounds from the 1/α ones: lower = 1/q_lo, upper = 1/q_up, +inf where q ≤ 0 (see `_fast_interval_bounds`)."""
+    inf = torch.full((), float("inf"), device=q_lo.device)
+    return torch.where(q_lo > 0, 1.0 / q_lo, inf), torch.where(q_up > 0, 1.0 / q_up, inf)
+
+
+def _near_grid(lower: torch.Tensor, upper: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """Where a bound lies within `NEAR_GRID` (relative) of a grid α: [...] bool."""
+    tol = NEAR_GRID * alphas.abs()
+    return (((lower[..., None] - alphas).abs() <= tol) | ((upper[..., None] - alphas).abs() <= tol)).any(dim=-1)
+
+
+def _fast_interval_bounds(sp: _SignedParts, cache_logits: torch.Tensor,
+                          alphas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_interval_bounds` with the same counts on the `alphas` grid, in three cheap passes over [..., N, C].
+
+    lower = 1/min over ahead classes of d_k/(Z_c − Z_y), upper = 1/max over behind classes (+inf without one, or
+    when an ahead class has d_k ≤ 0: never correct). These differ from `_interval_bounds`' single division by a few
+    ulps, so every bound within `NEAR_GRID` (relative) of a grid α, and every row with a clip tie, is recomputed
+    with `_interval_bounds` itself: the counts are those of `_interval_bounds`.
+    """
+    idx = sp.parts[0]
+    d_k = cache_logits.gather(-1, idx.expand(*cache_logits.shape[:-1], 1)) - cache_logits  # [..., N, C]
+    q_up = (d_k * sp.inv_behind).amax(dim=-1)
+    q_lo = torch.addcmul(sp.pad_ahead, d_k, sp.inv_ahead, out=d_k).amin(dim=-1)
+    lower, upper = _bounds_from_q(q_lo, q_up)
+    near = _near_grid(lower, upper, alphas) | sp.clip_tie
+    if bool(near.any()):
+        at = near.nonzero()
+        rows = at[:, -1]
+        exact_lo, exact_up = _interval_bounds(tuple(p[rows] for p in sp.parts), cache_logits[near])
+        lower[near], upper[near] = exact_lo, exact_up
+    return lower, upper
 
 
 def _interval_bounds(parts: tuple[torch.Tensor, ...], cache_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
