@@ -25,13 +25,14 @@ from kshot.eval.base2new import DEFAULT_METHODS as BASE2NEW_METHODS
 from kshot.eval.base2new import markdown_table as base2new_table
 from kshot.eval.report import plot_curves
 from kshot.methods.prompting.cli import run_base2new
-from kshot.features import FeatureStore, default_cache_dir
+from kshot.features import FeatureStore
+from kshot.features.cache import features_dir
 from kshot.toyworld.export import export_world
 from kshot.toyworld.generator import World
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
-app = typer.Typer(help="The few-shot paper table over several datasets.")
+app = typer.Typer(rich_markup_mode=None, help="The few-shot paper table over several datasets.")
 
 
 def dataset_paths(datasets: str, root: Optional[Path], out: Path) -> list[Path]:
@@ -61,15 +62,20 @@ def bench(
     protocol: str = typer.Option("fewshot", help="fewshot | base2new (CoOp's base-to-new: base / new / HM)."),
     method_names: Optional[str] = typer.Option(None, "--methods", help="Comma-separated method names (default "
                                                "tip_adapter,lpp; base2new: zeroshot,coop,atprompt)."),
-    shots: Optional[str] = typer.Option(None, help="Comma-separated K values (default 1,2,4,8,16; base2new: 16)."),
+    shots: Optional[str] = typer.Option(None, "--shots", "-k", help="Comma-separated K values (default 1,2,4,8,16; "
+                                        "base2new: 16)."),
     seeds: str = typer.Option("1,2,3", help="Comma-separated seeds."),
     backbone: str = typer.Option("toy:clip", "--backbone", "-b", help="Backbone spec (as in `kshot eval`)."),
     out: Path = typer.Option(Path("kshot-out/bench"), "--out", "-o", help="Results folder (results.jsonl, tables)."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder (default $KSHOT_CACHE)."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Cache folder, as $KSHOT_CACHE (features in "
+                                         "CACHE/features/)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: CUDA when available)."),
 ) -> None:
     """Run methods x shots x seeds on every dataset and write table.md/.csv/.json/.tex with the published column
-    (base2new: `table_base2new.md`, base / new / HM per dataset and their average)."""
+    (base2new: `table_base2new.md`, base / new / HM per dataset and their average).
+
+    Example: kshot bench --datasets toy --methods tip_adapter,lpp --shots 1,4 --seeds 1
+    """
     if protocol not in ("fewshot", "base2new"):
         raise ConfigError(f"unknown protocol {protocol!r}; available: fewshot, base2new")
     methods = [m.strip() for m in method_names.split(",")] if method_names else (
@@ -81,7 +87,8 @@ def bench(
     if protocol == "base2new":
         recs = []
         for path in paths:
-            res = run_base2new(path, methods=methods, backbone=bb, shots=ks, seeds=seed_list, out=out, cache=cache,
+            res = run_base2new(path, methods=methods, backbone=bb, shots=ks, seeds=seed_list, out=out,
+                               cache=features_dir(cache),
                                device=device, progress=console.print)
             recs += res["records"]
         table = base2new_table(recs)
@@ -90,7 +97,7 @@ def bench(
         console.print(f"results in {out}: table_base2new.md")
         return
     proto = FewShotProtocol(methods, ks, seed_list)
-    fs = FeatureStore(cache or default_cache_dir())
+    fs = FeatureStore(features_dir(cache))
     store = ResultStore(out / "results.jsonl")
     names, records = [], []
     for path in paths:

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(rich_markup_mode=None, add_completion=False, no_args_is_help=True,
                   help="The Jittor challenge (track 1) systems end to end: 4 shots per class -> result.txt.")
 console = Console(stderr=True)
 
@@ -24,7 +24,7 @@ def challenge(
                                           "TestSetA/ or TestSetB/."),
     config: str = typer.Option("seed004_clip_b", "--config", "-c",
                                help="Pipeline: a shipped name (`kshot challenge configs`) or a YAML/TOML file."),
-    out: Path = typer.Option(Path("challenge_out"), "--out", "-o", help="Output folder."),
+    out: Path = typer.Option(Path("kshot-out/challenge"), "--out", "-o", help="Output folder."),
     split: str = typer.Option("test", help="Test split: testA | testB | test (the only test folder present)."),
     classes: str | None = typer.Option(None, help="Class file (default classes.txt for testA, classes_b.txt "
                                                      "otherwise)."),
@@ -38,22 +38,27 @@ def challenge(
     force: bool = typer.Option(False, help="Write result.txt even when the predictions look degenerate."),
     test_labels: Path | None = typer.Option(None, help="Hidden test labels (`<path> <label>`, e.g. the toy "
                                                           "replica's test_labels.txt) to score the test folder."),
-    cache: Path | None = typer.Option(None, help="Feature cache folder (default $KSHOT_CACHE or ~/.cache/kshot)."),
+    cache: Path | None = typer.Option(None, help="Cache folder, as $KSHOT_CACHE (features in CACHE/features/)."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)."),
     batch_size: int = typer.Option(256, help="Images per forward pass when extracting features."),
     workers: int | None = typer.Option(None, help="Image decoding workers (default: automatic)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each stage."),
 ) -> None:
-    """Pick 4 shots per class, extract features once per backbone, run the pipeline, write result.txt + report."""
+    """Pick 4 shots per class, extract features once per backbone, run the pipeline, write result.txt + report.
+
+    Example: kshot challenge run toy/ --config toy_cascade -o kshot-out/challenge
+    """
     from kshot.pipelines.configfile import load_config
     from kshot.pipelines.params import human
+    from kshot.features.cache import features_dir
     from kshot.pipelines.runner import RunOptions, run_challenge
 
     if verbose:
         logging.getLogger("kshot").setLevel(logging.INFO)
     cfg = load_config(config, set_)
     opts = RunOptions(out=out, split=split, classes_file=classes, test_dir=test_dir, shots_file=shots_file,
-                      test_labels=test_labels, tune_on_pool=tune_on_pool, force=force, cache_dir=cache, device=device,
+                      test_labels=test_labels, tune_on_pool=tune_on_pool, force=force,
+                      cache_dir=features_dir(cache), device=device,
                       batch_size=batch_size, workers=workers, progress=True)
     res = run_challenge(cfg, root, opts)
     rep = res.report
@@ -77,7 +82,10 @@ def challenge(
 
 @app.command("configs")
 def configs() -> None:
-    """List the shipped pipeline configs."""
+    """List the shipped pipeline configs.
+
+    Example: kshot challenge configs
+    """
     from kshot.pipelines.configfile import load_config, shipped_configs
 
     table = Table(title="shipped pipelines (configs/pipelines)")
@@ -94,7 +102,10 @@ def show(
     config: str = typer.Argument(..., help="A shipped name or a YAML/TOML file."),
     set_: list[str] = typer.Option([], "--set", help="Config override key.path=value."),
 ) -> None:
-    """Print a pipeline config as resolved (defaults filled in, overrides applied)."""
+    """Print a pipeline config as resolved (defaults filled in, overrides applied).
+
+    Example: kshot challenge show toy_cascade
+    """
     import yaml
 
     from kshot.pipelines.configfile import config_to_dict, load_config
