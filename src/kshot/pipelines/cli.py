@@ -62,15 +62,9 @@ def challenge(
                       batch_size=batch_size, workers=workers, progress=True)
     res = run_challenge(cfg, root, opts)
     rep = res.report
-    table = Table(title=f"{cfg.name}: estimated accuracy (unused pool images; an estimate)")
-    for col in ("stage", "n", "top-1 %", "top-5 %", "fit s"):
-        table.add_column(col)
-    for s in rep["stages"]:
-        m = (s.get("metrics") or {}).get("estimate")
-        if m:
-            table.add_row(s["name"], str(m["n"]), f"{100 * m['top1']:.2f}",
-                          "–" if m["top5"] is None else f"{100 * m['top5']:.2f}", f"{s.get('fit_s', 0):.1f}")
-    console.print(table)
+    console.print(stage_table(rep, "estimate", f"{cfg.name}: estimated accuracy (unused pool images; an estimate)"))
+    if any((s.get("metrics") or {}).get("test") for s in rep["stages"]):
+        console.print(stage_table(rep, "test", f"{cfg.name}: test accuracy (scored with --test-labels)"))
     p = rep["parameters"]
     console.print(f"parameters: {human(p['loaded_total'])} loaded, {human(p['by_use_total'])} by use")
     if not rep["rule"]["compliant"]:
@@ -78,6 +72,19 @@ def challenge(
     if rep.get("forced"):
         console.print(f"[yellow]written despite degenerate predictions:[/] {rep['refused']}")
     console.print(f"wrote {res.result_txt} (+ .zip) for {len(res.filenames)} test images; report {res.report_path}")
+
+
+def stage_table(report: dict, key: str, title: str) -> Table:
+    """The per-stage metrics `key` ('estimate' or 'test') of a run report as a table (percent)."""
+    table = Table(title=title)
+    for col in ("stage", "n", "top-1 %", "top-5 %", "fit s"):
+        table.add_column(col)
+    for s in report["stages"]:
+        m = (s.get("metrics") or {}).get(key)
+        if m:
+            table.add_row(s["name"], str(m["n"]), f"{100 * m['top1']:.2f}",
+                          "–" if m.get("top5") is None else f"{100 * m['top5']:.2f}", f"{s.get('fit_s', 0):.1f}")
+    return table
 
 
 @app.command("configs")
