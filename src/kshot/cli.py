@@ -14,8 +14,9 @@ from kshot.cli_errors import main as run_cli_main
 from kshot.errors import KshotError
 from kshot.progress import set_quiet
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="kshot: few-shot adaptation of pretrained vision(-language) models from cached features.")
+app = typer.Typer(rich_markup_mode=None, add_completion=False, no_args_is_help=True,
+                  help="kshot: few-shot adaptation of pretrained vision(-language) models from cached features.\n\n"
+                       "Example: kshot fit photos/ -m auto -o runs/auto && kshot predict new/ -a runs/auto -o labels.csv")
 console = Console(stderr=True)
 
 
@@ -52,7 +53,8 @@ BackboneOpt = typer.Option("toy:clip", "--backbone", "-b",
                            help="Backbone spec: open_clip:ARCH@TAG, open_clip:ARCH@/path/file, timm:NAME, toy:clip, "
                                 "or a checkpoint path.")
 LayoutOpt = typer.Option("auto", "--layout", help="Data layout: auto|imagefolder|coop|challenge|list|folder.")
-CacheOpt = typer.Option(None, "--cache", help="Feature cache folder (default $KSHOT_CACHE or ~/.cache/kshot).")
+CacheOpt = typer.Option(None, "--cache", help="Cache folder, as $KSHOT_CACHE (default ~/.cache/kshot): features "
+                        "in CACHE/features/.")
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available).")
 
 
@@ -62,8 +64,8 @@ def _store(cache: Optional[Path], device: Optional[str], batch_size: int = 128, 
     import dataclasses
 
     from kshot.errors import ConfigError
-    from kshot.features import ExtractConfig, FeatureStore, default_cache_dir
-    from kshot.features.cache import DEFAULT_CHUNK
+    from kshot.features import ExtractConfig, FeatureStore
+    from kshot.features.cache import DEFAULT_CHUNK, features_dir
 
     known = {f.name for f in dataclasses.fields(ExtractConfig)}
     unknown = sorted(k for k in extract_options if k not in known)
@@ -71,7 +73,7 @@ def _store(cache: Optional[Path], device: Optional[str], batch_size: int = 128, 
         raise ConfigError(f"this kshot build's extractor has no setting {', '.join(unknown)} "
                           f"(ExtractConfig fields: {', '.join(sorted(known))})")
     cfg = ExtractConfig(batch_size=batch_size, num_workers=workers, device=device, progress=progress, **extract_options)
-    return FeatureStore(cache or default_cache_dir(), chunk=chunk or DEFAULT_CHUNK, extract=cfg)
+    return FeatureStore(features_dir(cache), chunk=chunk or DEFAULT_CHUNK, extract=cfg)
 
 
 def _load_backbone(spec: str, device: Optional[str]):
@@ -111,6 +113,8 @@ def extract(
 
     Several GPUs or nodes: `torchrun --nproc-per-node N -m kshot extract DATA ...` (the cache folder shared by all
     nodes). A re-run after a crash computes only the missing parts.
+
+    Example: kshot extract photos/ -b open_clip:ViT-B-32@openai --cache ~/.cache/kshot
     """
     from kshot.data.coop_source import load_any
     from kshot.features import AugmentPolicy
@@ -165,7 +169,10 @@ def fit(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the finished run in --out (it is kept until "
                                    "the new fit has succeeded)."),
 ) -> None:
-    """Fit a method on K shots per class (validation split drawn from the rest of the pool) and save it."""
+    """Fit a method on K shots per class (validation split drawn from the rest of the pool) and save it.
+
+    Example: kshot fit photos/ -m auto -k 16 --seed 1 -o runs/auto
+    """
     from kshot import experiment as ex
     from kshot.data.coop_source import load_any
     from kshot.data.fewshot import write_shots_file
@@ -263,7 +270,7 @@ def predict(
                                         "one, else the whole folder)."),
     templates: Optional[list[str]] = typer.Option(None, "--template", help="Prompt template(s) with {}; repeat."),
     prompts: Optional[Path] = typer.Option(None, help="Prompt JSON file or folder."),
-    k: int = typer.Option(5, "-k", help="Top-k ids to write."),
+    k: int = typer.Option(5, "--topk", min=1, help="Classes per image to write (top-k)."),
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="Predictions file: .csv, .json or .parquet "
                              "(path, top-k class names, ids and scores, the run they came from)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="csv | json | parquet (default: from the -o suffix)."),
@@ -497,7 +504,8 @@ def eval_(
     backbone: str = BackboneOpt,
     method_names: Optional[str] = typer.Option(None, "--methods", help="Comma-separated (default: every cached-feature "
                                                "method)."),
-    shots: Optional[str] = typer.Option(None, help="Comma-separated K values (default 1,2,4,8,16; base2new: 16)."),
+    shots: Optional[str] = typer.Option(None, "--shots", "-k", help="Comma-separated K values (default 1,2,4,8,16; "
+                                        "base2new: 16)."),
     seeds: str = typer.Option("1,2,3", help="Comma-separated seeds."),
     layout: str = LayoutOpt,
     train_split: str = typer.Option("train", help="Split of DATA holding the pool."),
@@ -517,7 +525,10 @@ def eval_(
     cache: Optional[Path] = CacheOpt,
     device: Optional[str] = DeviceOpt,
 ) -> None:
-    """Run a protocol (methods x shots x seeds), resumable, and write a Markdown table and few-shot curves."""
+    """Run a protocol (methods x shots x seeds), resumable, and write a Markdown table and few-shot curves.
+
+    Example: kshot eval photos/ --holdout 0.2 --methods tip_adapter,lpp --shots 1,4,16 -o kshot-out/eval
+    """
     from kshot import experiment as ex
     from kshot.data.coop_source import load_any
     from kshot.eval.fewshot import FewShotInputs, FewShotProtocol, ResultStore, cached_feature_methods, run_fewshot
@@ -533,6 +544,7 @@ def eval_(
     seed_list = tuple(_csv(seeds, "--seeds", int))
     per_method = ex.method_overrides(overrides or [], names)  # every name and value checked before any work
     if protocol == "base2new":
+        from kshot.features.cache import features_dir
         from kshot.methods.prompting.cli import run_base2new
 
         if not data.exists() and "," in str(data):
@@ -540,7 +552,8 @@ def eval_(
 
         res = run_base2new(data, methods=names, backbone=backbone, shots=shot_list, seeds=seed_list, test=test,
                            layout=layout, train_split=train_split, test_split=test_split, templates=templates,
-                           prompts=prompts, overrides=per_method, preset=preset, views=views, out=out, cache=cache,
+                           prompts=prompts, overrides=per_method, preset=preset, views=views, out=out,
+                           cache=features_dir(cache),
                            device=device, progress=console.print)
         Console().print(res["table"])
         console.print(f"results in {out}")
@@ -615,7 +628,10 @@ def _csv(text: str, option: str, kind: type) -> list:
 
 @app.command()
 def methods() -> None:
-    """List registered methods with a one-line description."""
+    """List registered methods with a one-line description.
+
+    Example: kshot methods
+    """
     from kshot.methods import METHODS
 
     table = Table(title="kshot methods")
@@ -637,7 +653,10 @@ def demo(
     seed: int = typer.Option(1, help="Seed for the shots."),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
-    """Run the toolkit on the shipped toy world and tiny CLIP: zero-shot and every method at 1-16 shots."""
+    """Run the toolkit on the shipped toy world and tiny CLIP: zero-shot and every method at 1-16 shots.
+
+    Example: kshot demo -o kshot-out/demo
+    """
     from kshot.demo import run_demo
 
     run_demo(out, seed=seed, all_methods=all_methods, cache=cache)
@@ -652,7 +671,10 @@ def export(
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Export this CLIP backbone's weights "
                                            "(JCLIP key names) instead of an artifact."),
 ) -> None:
-    """Export a fitted method, a continual run's weights/masks/heads, or CLIP weights for Jittor users."""
+    """Export a fitted method, a continual run's weights/masks/heads, or CLIP weights for Jittor users.
+
+    Example: kshot export runs/lpp --format onnx -o deploy/model.onnx
+    """
     from kshot.deploy.export import DEPLOY_FORMATS, export_deploy
     from kshot.errors import ConfigError
     from kshot.interop.export import FORMATS, export_jittor
@@ -688,16 +710,19 @@ def serve(
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
     cache: Optional[Path] = CacheOpt,
 ) -> None:
-    """A local web app and JSON API (/docs): pick a dataset, fit, classify uploaded images."""
+    """A local web app and JSON API (/docs): pick a dataset, fit, classify uploaded images.
+
+    Example: kshot serve --root data --runs runs --port 8000
+    """
     import uvicorn
 
-    from kshot.features import default_cache_dir
+    from kshot.features.cache import features_dir
     from kshot.serve import ServeConfig, create_app
 
     for p in [*roots, *(artifacts or [])]:
         if not p.is_dir():
             raise KshotError(f"{p}: no such folder")
-    cfg = ServeConfig(list(roots), runs, cache or default_cache_dir(), backbone, preload=list(artifacts or []),
+    cfg = ServeConfig(list(roots), runs, features_dir(cache), backbone, preload=list(artifacts or []),
                       uploads=uploads, more_backbones=list(more_backbones or []))
     console.print(f"kshot serve on http://{host}:{port}/ (API docs at /docs); reading only under "
                   f"{', '.join(map(str, roots))}")
@@ -718,7 +743,8 @@ SUBCOMMANDS = {
     "continual": ("kshot.continual.cli", "PackNet and continual-learning baselines: run, eval, report."),
     "prompts": ("kshot.methods.prompting.cli", "Prompt-learning artifacts: explain learned context vectors."),
     "challenge": ("kshot.pipelines.cli", "The Jittor challenge pipelines end to end."),
-    "bench": ("kshot.eval.cli", "The few-shot paper table over several datasets (toy, coop11, folders)."),
+    "bench": ("kshot.eval.cli", "The few-shot paper table over several datasets (toy, coop11, folders).\n\n"
+              "Example: kshot bench --datasets toy --methods tip_adapter,lpp --shots 1,4 --seeds 1"),
     "data": ("kshot.data.cli", "The CoOp benchmark datasets: list, prepare from the official archives, check."),
     "lora": ("kshot.tuning.cli", "LoRA adapters of fitted runs: merge them into a plain backbone checkpoint."),
 }

@@ -7,6 +7,9 @@ after the packages are loaded) does not reach bars made afterwards; kshot theref
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 _quiet = False
@@ -38,3 +41,24 @@ def bar(*args: Any, auto: bool = True, **kwargs: Any) -> Any:
         from tqdm import tqdm
     kwargs["disable"] = bool(kwargs.get("disable", False)) or is_quiet()
     return tqdm(*args, **kwargs)
+
+
+@contextmanager
+def ticker(desc: str, interval: float = 1.0) -> Iterator[Any]:
+    """A bar showing `desc` and the elapsed time, redrawn every `interval` seconds, for a step with no count of its
+    own (a worker process starting); disabled when kshot is quiet."""
+    pb = bar(total=None, desc=desc, bar_format="{desc}: {elapsed}", leave=False)
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(interval):
+            pb.refresh()
+
+    thread = threading.Thread(target=tick, name="kshot-ticker", daemon=True)
+    thread.start()
+    try:
+        yield pb
+    finally:
+        stop.set()
+        thread.join()
+        pb.close()

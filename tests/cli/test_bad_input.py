@@ -47,13 +47,13 @@ CASES: list[tuple[list[str], str]] = [
     (["fit", "{W}", "-m", "tip_adapter", "-o", "{FILE}"], "{FILE}"),
     # predict
     (["predict", "{W}", "-a", "/nonexistent/art"], "/nonexistent/art"),
-    ([*_PRED, "-k", "0"], "-k"),
+    ([*_PRED, "--topk", "0"], "--topk"),
     (["predict", "{W}", "-m", "tip_adapter"], "--artifact"),
     ([*_PRED, "--backend", "tf"], "tf"),
     (["predict", "{W}", "-a", "{W}"], "{W}"),
     ([*_PRED, "--device", "cpux"], "cpux"),
     (["predict", "{W}", "-a", "{ART}", "-o", "{FILE}/p.csv"], "{FILE}"),
-    (["predict", "{W}", "-a", "{ART}", "-k", "many"], "-k"),
+    (["predict", "{W}", "-a", "{ART}", "--topk", "many"], "--topk"),
     # eval
     (["eval", "{W}", "--protocol", "nope"], "nope"),
     (["eval", "{W}", "--set", "alpha=1"], "alpha"),
@@ -90,7 +90,7 @@ CASES: list[tuple[list[str], str]] = [
     # prompts
     (["prompts", "explain", "/nonexistent/art"], "/nonexistent/art"),
     (["prompts", "explain", "{ART}"], "tip_adapter"),
-    (["prompts", "explain", "{ART}", "-k", "lots"], "--topk"),
+    (["prompts", "explain", "{ART}", "--topk", "lots"], "--topk"),
     # export
     (["export", "{ART}", "--out", "{O}/m.pkl", "--format", "onnx9"], "onnx9"),
     (["export", "/nonexistent/art", "--out", "{O}/m.pkl"], "/nonexistent/art"),

@@ -28,9 +28,9 @@ def test_run_eval_report_and_changed_config(tmp_path: Path) -> None:
     results = json.loads((out / "packnet" / "results.json").read_text())
     assert (out / "packnet" / "log.txt").read_text().count("epoch 1/1") == 6  # train + retrain, 3 tasks
 
-    res = runner.invoke(app, ["eval", str(out / "packnet"), "--json"])
+    res = runner.invoke(app, ["eval", str(out / "packnet"), "--json", str(tmp_path / "eval.json")])
     assert res.exit_code == 0, res.output
-    rows = json.loads(res.output)
+    rows = json.loads((tmp_path / "eval.json").read_text())
     assert [r["accuracy"] for r in rows] == results["accuracy"][-1]
 
     res = runner.invoke(app, ["run", str(CONFIG), "--out", str(out), "-m", "packnet", "--quiet",

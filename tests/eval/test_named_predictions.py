@@ -78,7 +78,7 @@ def test_predict_cli_writes_names(tmp_path):
 
     export_world(World(), "imagefolder", tmp_path / "folder", n_train=1, n_val=0, n_test=1, seed=0)
     out = tmp_path / "z.json"
-    r = runner.invoke(app, ["predict", str(tmp_path / "folder"), "--split", "test", "-o", str(out), "-k", "2",
+    r = runner.invoke(app, ["predict", str(tmp_path / "folder"), "--split", "test", "-o", str(out), "--topk", "2",
                             "--cache", str(tmp_path / "cache")])
     assert r.exit_code == 0, r.output
     data = json.loads(out.read_text())

@@ -297,7 +297,7 @@ def test_torchrun_two_ranks_on_cpu(tmp_path):
     from kshot.features import extract_features
 
     bb, ds = load_backbone("toy:clip", device="cpu"), load_dataset(ds.root, layout="imagefolder", split="train")
-    store = _store(cache)
+    store = _store(cache / "features")  # --cache DIR keeps features in DIR/features, as KSHOT_CACHE=DIR (docs/cli.md)
     fs = store.get(bb, ds)
     assert store.last_hit
     manifest = json.loads((store.entry_dir(bb, ds) / "manifest.json").read_text())

@@ -38,7 +38,7 @@ def _shape(state: Mapping[str, Any], key: str) -> tuple[int, ...]:
     except KeyError:
         raise CheckpointError(
             f"not an OpenAI-layout CLIP state dict: missing {key!r}. Name the architecture explicitly "
-            "(open_clip:<ARCH>@<file>, or --arch) if the file holds another layout"
+            "(-b open_clip:<ARCH>@<file>) if the file holds another layout"
         ) from None
 
 
@@ -89,7 +89,7 @@ def _vision_cfg(state: Mapping[str, Any]) -> dict[str, Any]:
         return {"image_size": grid * 32, "layers": layers, "width": width, "patch_size": None}
     raise CheckpointError(
         "not an OpenAI-layout CLIP state dict: neither 'visual.proj' (ViT) nor 'visual.layer1.0.conv1.weight' "
-        "(ModifiedResNet) is present. Name the architecture explicitly (open_clip:<ARCH>@<file>, or --arch)"
+        "(ModifiedResNet) is present. Name the architecture explicitly (-b open_clip:<ARCH>@<file>)"
     )
 
 

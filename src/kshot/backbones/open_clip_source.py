@@ -60,7 +60,7 @@ def _model_config(arch: str) -> dict[str, Any]:
 def offline_hint(arch: str) -> str:
     return (
         f"Supply the weights as a local file instead: 'open_clip:{arch}@/path/to/file' ({SUPPORTED}), or point "
-        f"--backbone at the file itself (its architecture is read from the weights; add --arch {arch} to name it). "
+        f"--backbone at the file itself (its architecture is read from the weights). "
         "On an offline machine set HF_HUB_OFFLINE=1 so downloads fail at once instead of retrying."
     )
 

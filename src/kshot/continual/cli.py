@@ -9,7 +9,8 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(help="PackNet and continual baselines over a task sequence.", no_args_is_help=True,
+app = typer.Typer(rich_markup_mode=None, help="PackNet and continual baselines over a task sequence.",
+                  no_args_is_help=True,
                   add_completion=False)
 
 
@@ -26,7 +27,8 @@ def _fail(e: Exception) -> None:
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="YAML run config (see configs/continual/)."),
-    out: Path = typer.Option(Path("runs/continual"), "--out", "-o", help="Output folder (one sub-folder per method)."),
+    out: Path = typer.Option(Path("kshot-out/continual"), "--out", "-o",
+                             help="Output folder (one sub-folder per method)."),
     method: Optional[List[str]] = typer.Option(None, "--method", "-m",
                                                help="Run only these methods (repeatable): packnet, finetune, frozen, "
                                                     "individual. Default: the config's `methods`."),
@@ -36,7 +38,10 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: the config's)."),
     verbose: bool = typer.Option(True, "--verbose/--quiet", help="Log every epoch to the console."),
 ) -> None:
-    """Train the methods over the sequence (resuming from the last finished phase), then write the report."""
+    """Train the methods over the sequence (resuming from the last finished phase), then write the report.
+
+    Example: kshot continual run configs/continual/digits.yaml -o kshot-out/continual
+    """
     from kshot.errors import KshotError
 
     from .config import load_config
@@ -66,9 +71,12 @@ def eval_(
     test_dir: Optional[Path] = typer.Option(None, "--test-dir", help="Other test folder (with a single --task)."),
     device: str = typer.Option("cpu", "--device"),
     batch_size: int = typer.Option(128, "--batch-size"),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON to this file."),
 ) -> None:
-    """Evaluate a checkpoint on finished tasks; reads only those tasks' test splits."""
+    """Evaluate a checkpoint on finished tasks; reads only those tasks' test splits.
+
+    Example: kshot continual eval kshot-out/continual/packnet --json eval.json
+    """
     from kshot.errors import KshotError
 
     from .checkpoint import read_meta
@@ -85,17 +93,21 @@ def eval_(
     except KshotError as e:
         _fail(e)
         return
-    if as_json:
-        typer.echo(json.dumps(rows, indent=1))
-    else:
-        for r in rows:
-            typer.echo(f"{r['method']} {r['task']}: {r['accuracy']:.2f} % on {r['images']} images "
-                       f"(logits {r['digest']})")
+    for r in rows:
+        typer.echo(f"{r['method']} {r['task']}: {r['accuracy']:.2f} % on {r['images']} images "
+                   f"(logits {r['digest']})")
+    if json_out is not None:
+        from kshot.data.paths import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps(rows, indent=1))
 
 
 @app.command()
 def report(out: Path = typer.Argument(..., help="The --out folder of `run`.")) -> None:
-    """Rebuild report.md and the plots from a run folder (no model is run)."""
+    """Rebuild report.md and the plots from a run folder (no model is run).
+
+    Example: kshot continual report kshot-out/continual
+    """
     from kshot.errors import KshotError
 
     from .report import write_report

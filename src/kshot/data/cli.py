@@ -15,7 +15,8 @@ from kshot.data.check import check_dataset
 from kshot.data.prepare import prepare_dataset
 from kshot.errors import DataError
 
-app = typer.Typer(help="The 11 CoOp benchmark datasets (+ ImageNet variants): list, prepare, check.",
+app = typer.Typer(rich_markup_mode=None,
+                  help="The 11 CoOp benchmark datasets (+ ImageNet variants): list, prepare, check.",
                   no_args_is_help=True)
 console = Console(soft_wrap=True)  # paths and messages stay on one line (greppable, testable)
 
@@ -30,7 +31,10 @@ def _names(name: str) -> list[str]:
 
 @app.command("list")
 def list_() -> None:
-    """The datasets, the files each needs (official names, sizes), licence, and whether kshot can download them."""
+    """The datasets, the files each needs (official names, sizes), licence, and whether kshot can download them.
+
+    Example: kshot data list
+    """
     table = Table(title="CoOp benchmark datasets (folder under $DATA; train / val / test as CoOp published)")
     for col in ("name", "folder", "classes", "train / val / test", "files", "download", "licence"):
         table.add_column(col)
@@ -58,7 +62,10 @@ def prepare(
     seed: int = typer.Option(1, help="Seed of the generated split when no split file is at hand."),
     mirror: Optional[str] = typer.Option(None, help="Base URL of a mirror replacing the official download hosts."),
 ) -> None:
-    """Build CoOp's layout under ROOT/<folder> from the official archives (resumable; the folder appears complete)."""
+    """Build CoOp's layout under ROOT/<folder> from the official archives (resumable; the folder appears complete).
+
+    Example: kshot data prepare pets --root DATA
+    """
     names = _names(name)
     if split_file is not None and len(names) > 1:
         raise DataError("--split-file needs a single dataset name")
@@ -85,7 +92,10 @@ def check(
     root: Path = RootOpt,
     fast: bool = typer.Option(False, "--fast", help="Skip decoding every image (counts and overlaps only)."),
 ) -> None:
-    """Compare a prepared dataset with CoOp's published counts; find missing, unreadable and overlapping images."""
+    """Compare a prepared dataset with CoOp's published counts; find missing, unreadable and overlapping images.
+
+    Example: kshot data check coop11 --root DATA
+    """
     failed = []
     for n in _names(name):
         with Progress(TextColumn(f"{n}: decoding"), BarColumn(), MofNCompleteColumn(), console=console,

@@ -31,13 +31,14 @@ from kshot.eval.base2new import markdown_table as base2new_table
 from kshot.eval.report import plot_curves
 from kshot.methods.prompting.cli import run_base2new
 from kshot.methods import METHODS
-from kshot.features import FeatureStore, default_cache_dir
+from kshot.features import FeatureStore
+from kshot.features.cache import features_dir
 from kshot.toyworld.export import export_world
 from kshot.toyworld.generator import World
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
-app = typer.Typer(help="The few-shot paper table over several datasets.")
+app = typer.Typer(rich_markup_mode=None, help="The few-shot paper table over several datasets.")
 
 
 def dataset_paths(datasets: str, root: Optional[Path], out: Path, dg: bool = False) -> list[Path]:
@@ -84,12 +85,14 @@ def bench(
                                  "(domain generalisation: the first dataset's shots, scored on the others)."),
     method_names: Optional[str] = typer.Option(None, "--methods", help="Comma-separated method names (default "
                                                "tip_adapter,lpp; base2new: zeroshot,coop,atprompt)."),
-    shots: Optional[str] = typer.Option(None, help="Comma-separated K values (default 1,2,4,8,16; base2new, dg: 16)."),
+    shots: Optional[str] = typer.Option(None, "--shots", "-k", help="Comma-separated K values (default 1,2,4,8,16; "
+                                        "base2new, dg: 16)."),
     seeds: str = typer.Option("1,2,3", help="Comma-separated seeds."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="method.key=value override; repeat."),
     backbone: str = typer.Option("toy:clip", "--backbone", "-b", help="Backbone spec (as in `kshot eval`)."),
     out: Path = typer.Option(Path("kshot-out/bench"), "--out", "-o", help="Results folder (results.jsonl, tables)."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder (default $KSHOT_CACHE)."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Cache folder, as $KSHOT_CACHE (features in "
+                                         "CACHE/features/)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: CUDA when available)."),
 ) -> None:
     """Run methods x shots x seeds on every dataset and write table.md/.csv/.json/.tex with the published column
@@ -97,7 +100,10 @@ def bench(
     and every target, averaged over the targets).
 
     Every option (protocol, methods and their --set values, shots, seeds, dataset folders) is checked before any
-    work starts."""
+    work starts.
+
+    Example: kshot bench --datasets toy --methods tip_adapter,lpp --shots 1,4 --seeds 1
+    """
     if protocol not in ("fewshot", "base2new", "dg"):
         raise ConfigError(f"unknown protocol {protocol!r}; available: fewshot, base2new, dg")
     methods = parse_list(method_names, "--methods", str) if method_names else (
@@ -118,9 +124,9 @@ def bench(
     bb = load_backbone(backbone, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     proto = FewShotProtocol(methods, ks, seed_list, sets)
     if protocol == "base2new":
-        _base2new(paths, bb, proto, out, cache, device)
+        _base2new(paths, bb, proto, out, features_dir(cache), device)
     else:
-        fs, store = FeatureStore(cache or default_cache_dir()), ResultStore(out / "results.jsonl")
+        fs, store = FeatureStore(features_dir(cache)), ResultStore(out / "results.jsonl")
         (_dg if protocol == "dg" else _fewshot)(paths, bb, proto, fs, store, out)
 
 

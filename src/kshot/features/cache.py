@@ -52,8 +52,14 @@ DEFAULT_CHUNK = 8192
 
 
 def default_cache_dir() -> Path:
-    """`$KSHOT_CACHE` or `~/.cache/kshot/features`."""
+    """`$KSHOT_CACHE/features`, default `~/.cache/kshot/features`."""
     return Path(os.environ.get("KSHOT_CACHE", Path.home() / ".cache" / "kshot")) / "features"
+
+
+def features_dir(cache: str | os.PathLike[str] | None = None) -> Path:
+    """The feature store folder of a command's `--cache DIR`: `DIR/features`, the same folder `KSHOT_CACHE=DIR`
+    gives (so either spelling reuses the other's features); `default_cache_dir()` without one (docs/cli.md)."""
+    return Path(cache) / "features" if cache is not None else default_cache_dir()
 
 
 def cache_key(backbone: Backbone, dataset: Dataset, policy: AugmentPolicy) -> tuple[str, dict[str, Any]]:

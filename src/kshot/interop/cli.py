@@ -14,7 +14,7 @@ import typer
 
 from kshot.errors import ConfigError, DataError
 
-app = typer.Typer(add_completion=False, help="PyTorch <-> Jittor alignment report.")
+app = typer.Typer(rich_markup_mode=None, add_completion=False, help="PyTorch <-> Jittor alignment report.")
 
 
 def pick_indices(n: int, limit: int | None) -> np.ndarray:
@@ -51,7 +51,10 @@ def align(
     python: Optional[str] = typer.Option(None, "--python", help="Python with jittor (default $KSHOT_JITTOR_PYTHON)."),
     device: str = typer.Option("cpu", "--jittor-device", help="Jittor device: cpu (default) or cuda."),
 ) -> None:
-    """Run a CLIP checkpoint (and fitted heads) in PyTorch and in Jittor; report per-stage differences."""
+    """Run a CLIP checkpoint (and fitted heads) in PyTorch and in Jittor; report per-stage differences.
+
+    Example: kshot align data/toy -b toy:clip -n 16 -o align_report.md
+    """
     import torch
 
     from kshot import experiment as wf

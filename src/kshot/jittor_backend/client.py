@@ -35,6 +35,7 @@ from kshot.jittor_backend.runtime import (
 )
 from kshot.jittor_backend.weights import jclip_state
 from kshot.methods import METHODS
+from kshot.progress import ticker
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,8 @@ class JittorSession:
         t0 = time.perf_counter()
         worker = Worker(self.python, self._workdir, self.startup_timeout, self.request_timeout)
         try:
-            self.info = worker.start(job)
+            with ticker("starting the Jittor worker (the first start compiles Jittor's ops: minutes)"):
+                self.info = worker.start(job)
         except BaseException:
             self._cleanup()
             raise

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-app = typer.Typer(help="The procedural toy world and its tiny CLIP.", no_args_is_help=True)
+app = typer.Typer(rich_markup_mode=None, help="The procedural toy world and its tiny CLIP.", no_args_is_help=True)
 
 
 def _domains(domains: Optional[str]) -> Optional[list[str]]:
@@ -21,14 +21,18 @@ def _domains(domains: Optional[str]) -> Optional[list[str]]:
 
 @app.command()
 def generate(
-    out: Optional[Path] = typer.Option(None, help="write the split as .npz (images uint8 [N,S,S,3], labels, names)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="write the split as .npz (images uint8 [N,S,S,3], labels, names)"),
     domains: Optional[str] = typer.Option(None, help="comma-separated domains (default: all)"),
     per_class: int = typer.Option(16, help="train-pool images per class"),
     n_test: int = typer.Option(25, help="test images per class"),
     seed: int = typer.Option(0, help="split seed"),
     world_seed: int = typer.Option(0, help="world seed"),
 ) -> None:
-    """Print the world's classes per domain; with --out, render a split to an .npz file."""
+    """Print the world's classes per domain; with --out, render a split to an .npz file.
+
+    Example: kshot toyworld generate --domains Shapes -o toy_split.npz
+    """
     from kshot.toyworld.generator import DOMAINS, World, WorldSpec
 
     world = World(WorldSpec(seed=world_seed))
@@ -49,7 +53,7 @@ def generate(
 
 @app.command()
 def export(
-    out: Path = typer.Option(..., help="output folder"),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     layout: str = typer.Option("challenge", help="imagefolder | coop | challenge"),
     per_class: int = typer.Option(32, help="train-pool images per class"),
     n_val: int = typer.Option(8, help="val images per class"),
@@ -59,7 +63,10 @@ def export(
     seed: int = typer.Option(0, help="split seed"),
     world_seed: int = typer.Option(0, help="world seed"),
 ) -> None:
-    """Render the world and write it as PNG files in a layout kshot reads."""
+    """Render the world and write it as PNG files in a layout kshot reads.
+
+    Example: kshot toyworld export --layout imagefolder --domains Creatures -o data/toy
+    """
     from kshot.errors import KshotError
     from kshot.toyworld.export import export_world
     from kshot.toyworld.generator import World, WorldSpec
@@ -75,7 +82,7 @@ def export(
 
 @app.command()
 def pretrain(
-    out: Path = typer.Option(..., help="folder for toy_clip.safetensors + toy_clip.json"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for toy_clip.safetensors + toy_clip.json"),
     steps: int = typer.Option(1750, help="optimiser steps"),
     batch_size: int = typer.Option(128, help="images per step"),
     seed: int = typer.Option(0, help="seed of the initialisation and data stream"),
@@ -83,7 +90,10 @@ def pretrain(
     checkpoint_every: int = typer.Option(0, help="resumable checkpoint every N steps (0 = off)"),
     evaluate: bool = typer.Option(True, help="measure accuracies and store them in the JSON"),
 ) -> None:
-    """Pretrain a tiny CLIP from scratch on generated images and captions."""
+    """Pretrain a tiny CLIP from scratch on generated images and captions.
+
+    Example: kshot toyworld pretrain -o my_toy_clip --steps 2000
+    """
     from kshot.toyworld.checkpoint import save_toy_clip
     from kshot.toyworld.evaluate import measure
     from kshot.toyworld.model import toy_preprocess_cfg
@@ -110,7 +120,10 @@ def pretrain(
 def evaluate(
     path: Optional[Path] = typer.Argument(None, help="checkpoint folder (default: the shipped one)"),
 ) -> None:
-    """Measure zero-shot and linear-probe accuracies of a toy checkpoint on a fresh split."""
+    """Measure zero-shot and linear-probe accuracies of a toy checkpoint on a fresh split.
+
+    Example: kshot toyworld evaluate
+    """
     import torch
 
     from kshot.toyworld.checkpoint import load_toy_model

@@ -17,7 +17,8 @@ from rich.console import Console
 
 from kshot.errors import CheckpointError, ConfigError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="LoRA adapters of fitted runs.")
+app = typer.Typer(rich_markup_mode=None, add_completion=False, no_args_is_help=True,
+                  help="LoRA adapters of fitted runs.")
 console = Console(stderr=True)
 
 
@@ -53,6 +54,9 @@ def merge(
     out: Path = typer.Option(..., "--out", "-o", help="Merged checkpoint (.safetensors)."),
     device: Optional[str] = typer.Option("cpu", "--device", help="Device for loading the base backbone."),
 ) -> None:
-    """Merge a run's LoRA adapters into its base backbone and write a plain checkpoint."""
+    """Merge a run's LoRA adapters into its base backbone and write a plain checkpoint.
+
+    Example: kshot lora merge runs/lora -o merged.safetensors
+    """
     path = merge_run(run, out, device or "cpu")
     console.print(f"merged LoRA adapters of {run} -> {path}")

@@ -1,6 +1,7 @@
 """The shared training loop: Dassl's warm-up + cosine schedule, batching, cached augmented views."""
 
 import math
+import time
 
 import torch
 
@@ -44,3 +45,28 @@ def test_train_loop_minimises_a_quadratic_and_reports_every_step():
                         Schedule(epochs=30, batch_size=4, lr=0.1, weight_decay=0.0, warmup_epochs=0),
                         torch.Generator().manual_seed(0), torch.device("cpu"))
     assert len(losses) == 60 and losses[-1] < 0.05 * losses[0]
+
+
+def test_train_loop_shows_epoch_progress_unless_quiet(capsys):
+    from kshot import progress
+
+    w = torch.nn.Parameter(torch.zeros(4))
+    fs = FeatureSet(torch.zeros(8, 4), torch.zeros(8, dtype=torch.long), [str(i) for i in range(8)])
+
+    def slow_loss(x, y):
+        time.sleep(0.07)  # epochs longer than tqdm's redraw interval
+        return ((w - 1) ** 2).sum()
+
+    def run():
+        train_loop([w], slow_loss, fs, Schedule(epochs=3, batch_size=4, warmup_epochs=0),
+                   torch.Generator().manual_seed(0), torch.device("cpu"), name="coop")
+
+    run()
+    err = capsys.readouterr().err
+    assert "coop training" in err and "2/3" in err and "loss=" in err  # epochs counted, last loss shown
+    progress.set_quiet(True)
+    try:
+        run()
+    finally:
+        progress.set_quiet(False)
+    assert "coop training" not in capsys.readouterr().err

@@ -16,7 +16,7 @@ import typer
 from kshot.errors import KshotError
 
 log = logging.getLogger(__name__)
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(rich_markup_mode=None, add_completion=False, no_args_is_help=True,
                   help="Prompt learning: interpret learned prompts, search ATPrompt attributes.")
 
 
@@ -144,11 +144,14 @@ def run_base2new(
 def explain(
     artifact: Path = typer.Argument(..., help="`kshot fit` folder of a prompt method."),
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Backbone spec (default: the artifact's)."),
-    topk: int = typer.Option(5, "--topk", "-k", help="Nearest vocabulary words per learned vector."),
+    topk: int = typer.Option(5, "--topk", min=1, help="Nearest vocabulary words per learned vector."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the explanation as JSON."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ..."),
 ) -> None:
-    """Nearest vocabulary words of each learned context vector (and ATPrompt's attributes and search weights)."""
+    """Nearest vocabulary words of each learned context vector (and ATPrompt's attributes and search weights).
+
+    Example: kshot prompts explain runs/atp --topk 5
+    """
     from kshot.methods.prompting.interpret import explain as explain_method
     from kshot.methods.prompting.interpret import format_explanation, load_prompt_method
 
@@ -176,11 +179,15 @@ def search(
     cache: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ..."),
 ) -> None:
-    """ATPrompt's differentiable attribute search over the words in --candidates; prints the weights."""
+    """ATPrompt's differentiable attribute search over the words in --candidates; prints the weights.
+
+    Example: kshot prompts search data/toy --candidates words.txt -k 4
+    """
     import numpy as np
 
     from kshot.eval.base2new import draw_selection, split_classes
-    from kshot.features import FeatureStore, default_cache_dir
+    from kshot.features import FeatureStore
+    from kshot.features.cache import features_dir
     from kshot.features.extract import ExtractConfig
     from kshot.methods.prompting.search import SearchConfig, read_candidates, search_attributes
 
@@ -189,7 +196,7 @@ def search(
     classes = np.arange(pool.num_classes) if all_classes else split_classes(pool.num_classes)[0]
     shot_idx, val_idx = draw_selection(pool.labels, classes, shots, seed)
     bb = _backbone(backbone, device)
-    store = FeatureStore(cache or default_cache_dir(), extract=ExtractConfig(device=device))
+    store = FeatureStore(features_dir(cache), extract=ExtractConfig(device=device))
     train = store.get(bb, pool.subset(shot_idx), name="search/train")
     val = store.get(bb, pool.subset(val_idx), name="search/val") if len(val_idx) else None
     res = search_attributes(bb, pool.classnames[: len(classes)], train, val, words,

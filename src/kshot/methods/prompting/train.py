@@ -21,6 +21,7 @@ from typing import Callable, ContextManager, Sequence
 import torch
 
 from kshot.features.featureset import FeatureSet
+from kshot.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -103,27 +104,33 @@ def train_loop(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[torch.Te
 
     Returns:
         Mean training loss of each step, in order.
+
+    A progress bar (`kshot.progress`: off under `kshot -q`) counts the epochs and shows the last loss.
     """
     opt = torch.optim.SGD(list(params), lr=schedule.lr, momentum=schedule.momentum,
                           weight_decay=schedule.weight_decay)
     labels = train.labels.to(device)
     losses: list[float] = []
     step = 0
-    for epoch in range(schedule.epochs):
-        for group in opt.param_groups:
-            group["lr"] = dassl_lr(schedule, epoch)
-        feats = epoch_features(train, generator).to(device)
-        for idx in epoch_batches(len(train), schedule.batch_size, generator):
-            idx = idx.to(device)
-            with amp_context(device, amp):
-                loss = loss_fn(feats[idx], labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            if after_step is not None:
-                after_step(step)
-            step += 1
-        log.debug("%s epoch %d/%d lr %.2e loss %.4f", name, epoch + 1, schedule.epochs,
-                  opt.param_groups[0]["lr"], losses[-1] if losses else float("nan"))
+    with progress_bar(total=schedule.epochs, desc=f"{name} training", unit="epoch", leave=False) as pb:
+        for epoch in range(schedule.epochs):
+            for group in opt.param_groups:
+                group["lr"] = dassl_lr(schedule, epoch)
+            feats = epoch_features(train, generator).to(device)
+            for idx in epoch_batches(len(train), schedule.batch_size, generator):
+                idx = idx.to(device)
+                with amp_context(device, amp):
+                    loss = loss_fn(feats[idx], labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+                if after_step is not None:
+                    after_step(step)
+                step += 1
+            log.debug("%s epoch %d/%d lr %.2e loss %.4f", name, epoch + 1, schedule.epochs,
+                      opt.param_groups[0]["lr"], losses[-1] if losses else float("nan"))
+            pb.update(1)
+            if losses:
+                pb.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     return losses
