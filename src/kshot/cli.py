@@ -448,6 +448,7 @@ def eval_(
     from kshot.data.coop_source import load_any
     from kshot.eval.fewshot import FewShotInputs, FewShotProtocol, ResultStore, cached_feature_methods, run_fewshot
     from kshot.eval.report import markdown_table, plot_curves
+    from kshot.outputs import atomic_write_text
 
     if protocol not in ("fewshot", "base2new"):
         raise KshotError(f"unknown protocol {protocol!r}; available: fewshot, base2new")
@@ -494,7 +495,7 @@ def eval_(
                                ex.text_weights_for(bb, pool, spec), bb.logit_scale)
         records = run_fewshot(inputs, proto, results, progress=console.print)
         table = markdown_table(records)
-        (out / f"{pool.name}_table.md").write_text(table)
+        atomic_write_text(out / f"{pool.name}_table.md", table)
         plot_curves(records, out / f"{pool.name}_curves.png", f"{pool.name} — {bb.spec}")
         Console().print(table)
     console.print(f"results in {out}")

@@ -222,3 +222,10 @@ class dir_lock:
         if self.fd >= 0:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
+
+
+def save_figure(fig: object, path: str | Path, **kwargs: object) -> Path:
+    """`fig.savefig` (a matplotlib figure) to `path` atomically; the format comes from the suffix (default png)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))  # type: ignore[attr-defined]
