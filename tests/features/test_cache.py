@@ -1,4 +1,5 @@
 import json
+import logging
 
 import pytest
 import torch
@@ -128,6 +129,7 @@ def test_policy_validation():
 
 
 def test_hand_edited_values_are_rebuilt_never_used(tmp_path, store, caplog):
+    caplog.set_level(logging.WARNING, logger="kshot.features.cache")
     from safetensors.torch import load_file, save_file
 
     ds, bb = _dataset(tmp_path), tiny_backbone()
@@ -147,6 +149,7 @@ def test_hand_edited_values_are_rebuilt_never_used(tmp_path, store, caplog):
 
 
 def test_a_foreign_header_is_rebuilt_never_used(tmp_path, store, caplog):
+    caplog.set_level(logging.WARNING, logger="kshot.features.cache")
     ds, bb, other = _dataset(tmp_path), tiny_backbone(), tiny_backbone(seed=1)
     ref = store.get(bb, ds)
     store.get(other, ds)
@@ -158,6 +161,7 @@ def test_a_foreign_header_is_rebuilt_never_used(tmp_path, store, caplog):
 
 
 def test_an_edited_part_is_recomputed_at_the_join(tmp_path, store, monkeypatch, caplog):
+    caplog.set_level(logging.WARNING, logger="kshot.features.cache")
     from safetensors import safe_open
     from safetensors.torch import save_file
 

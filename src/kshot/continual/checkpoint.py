@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from kshot.errors import CheckpointError
+from kshot.outputs import write_safetensors
 
 FORMAT = "kshot.continual.checkpoint/1"
 TENSORS, META = "checkpoint.safetensors", "checkpoint.json"
@@ -34,14 +35,12 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Write tensors and JSON `meta` into `directory`; returns the JSON path."""
-    from safetensors.torch import save_file
-
     directory.mkdir(parents=True, exist_ok=True)
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     token = content_token(flat, meta)
     # one metadata key: safetensors writes several in a random (hash map) order, and the file must be reproducible
     header = {"kshot": json.dumps({"format": FORMAT, "token": token}, sort_keys=True)}
-    _atomic_write(directory / TENSORS, lambda p: save_file(flat, str(p), metadata=header))
+    _atomic_write(directory / TENSORS, lambda p: write_safetensors(flat, p, header))
     payload = {"format": FORMAT, "token": token, **meta}
     _atomic_write(directory / META, lambda p: p.write_text(json.dumps(payload, indent=1), encoding="utf-8"))
     return directory / META

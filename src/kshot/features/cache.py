@@ -47,7 +47,7 @@ from kshot.features.augment import AugmentPolicy
 from kshot.features.distributed import Shard
 from kshot.features.extract import ExtractConfig, extract_features
 from kshot.features.featureset import FeatureSet
-from kshot.outputs import dir_lock, file_mode
+from kshot.outputs import dir_lock, file_mode, write_safetensors
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 3  # 2: part files carry metadata (entry, fingerprint, format, view, range, rank, bad images);
@@ -94,9 +94,7 @@ def _atomic(path: Path, write: Any) -> None:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    _atomic(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata))
+    _atomic(path, lambda tmp: write_safetensors({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata))
 
 
 def _atomic_write_text(text: str, path: Path) -> None:
