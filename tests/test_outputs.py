@@ -278,3 +278,28 @@ def test_extract_with_a_read_only_cache_and_a_full_disk(shared):
     status, text = run_limited([*ex, "--split", "test"], read_only=True)
     _one_error_line(status, text, "read-only", "permission denied", "no write permission")
     assert snapshot(shared / "cache") == kept and leftovers(shared / "cache") == []
+
+
+def test_two_fits_into_one_folder_at_once_leave_one_whole_run(places, tmp_path):
+    import multiprocessing as mp
+
+    art = tmp_path / "art"
+    ctx = mp.get_context("fork")
+    argv = [["-q", "fit", str(places["W"]), "-m", "tip_adapter", "-k", "1", "--seed", str(s), "-o", str(art),
+             "--cache", str(places["CACHE"])] for s in (1, 2)]
+    procs = [ctx.Process(target=lambda a=a: os._exit(run_cli(app, a))) for a in argv]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    codes = sorted(p.exitcode for p in procs)
+    assert codes[0] == 0 and codes[1] in (0, 2), codes  # the later commit is refused (no --overwrite), or it lost
+    # the race at the early check; either way one run's files, never a mix
+    import json
+
+    seed = json.loads((art / "task.json").read_text())["seed"]
+    ref = tmp_path / f"ref{seed}"
+    assert run_cli(app, ["fit", str(places["W"]), "-m", "tip_adapter", "-k", "1", "--seed", str(seed), "-o", str(ref),
+                         "--cache", str(places["CACHE"])]) == 0
+    assert snapshot(art) == snapshot(ref)
+    assert leftovers(tmp_path) == []
