@@ -145,3 +145,161 @@ def test_challenge_run_overwrite_and_refused_run_keep_the_finished_one(places, t
     assert _challenge(places, run, "--overwrite", "--set", "seed=2") == 0
     assert snapshot(run)["shots.txt"] != before["shots.txt"]
     assert leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------ read-only folders and a full disk
+# The failing command runs in a forked child (the real entry point, `run_cli`) that drops root (root writes into a
+# read-only folder anyway) or lowers RLIMIT_FSIZE; its output comes back through a pipe (no file-size limit there).
+# The same command ran in this process first, so every module the child needs is already imported.
+
+NOBODY = 65534
+
+
+def run_limited(argv: list[str], *, fsize: int | None = None, read_only: bool = False) -> tuple[int, str]:
+    """(exit status, stdout + stderr) of `kshot argv` in a child with a file-size limit or without root."""
+    import multiprocessing as mp
+    import resource
+    import threading
+
+    r, w = os.pipe()
+
+    def child() -> None:
+        os.dup2(w, 1)
+        os.dup2(w, 2)
+        sys.stdout = os.fdopen(1, "w", buffering=1)
+        sys.stderr = os.fdopen(2, "w", buffering=1)
+        if fsize is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+        if read_only and os.geteuid() == 0:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+        os._exit(run_cli(app, argv))
+
+    p = mp.get_context("fork").Process(target=child)
+    p.start()
+    os.close(w)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(r, 65536), b"")))
+    reader.start()
+    p.join(300)
+    reader.join(10)
+    os.close(r)
+    return p.exitcode, b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.fixture
+def shared(tmp_path_factory, places):
+    """A folder the unprivileged child can read (pytest's own tmp folders are private to root)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="kshot-ro-"))
+    os.chmod(d, 0o777)
+    for name in ("W", "CH"):
+        shutil.copytree(places[name], d / name)
+    (d / "cache").mkdir()
+    os.chmod(d / "cache", 0o777)
+    yield d
+    for p in [d, *d.rglob("*")]:
+        if p.is_dir():
+            os.chmod(p, 0o755)
+    shutil.rmtree(d)
+
+
+def _one_error_line(status: int, text: str, *words: str) -> None:
+    assert status not in (0, None), text
+    assert "Traceback" not in text and "error:" in text, text
+    assert any(w in text for w in words), text
+
+
+def _make_read_only(*folders: Path) -> None:
+    for f in folders:
+        for p in [f, *f.rglob("*")]:
+            os.chmod(p, 0o555 if p.is_dir() else 0o444)
+
+
+FIT = ["fit", "{W}", "-m", "tip_adapter", "-k", "1", "-o", "{OUT}", "--cache", "{CACHE}", "--device", "cpu"]
+
+
+def _args(argv: list[str], **fill: Path) -> list[str]:
+    return [a.format(**{k: str(v) for k, v in fill.items()}) for a in argv]
+
+
+def test_fit_into_a_read_only_folder_and_a_full_disk(shared):
+    parent = shared / "runs"
+    parent.mkdir()
+    art = parent / "art"
+    fit = _args(FIT, W=shared / "W", OUT=art, CACHE=shared / "cache")
+    assert run_cli(app, fit) == 0
+    before = snapshot(art)
+    status, text = run_limited([*fit, "--overwrite", "--seed", "2"], fsize=2048)  # state.safetensors is larger
+    _one_error_line(status, text, "file too large")
+    assert snapshot(art) == before and leftovers(parent) == []
+    _make_read_only(parent)
+    status, text = run_limited([*fit, "--overwrite", "--seed", "2"], read_only=True)
+    _one_error_line(status, text, "read-only", "no write permission", "permission denied")
+    assert snapshot(art) == before and leftovers(parent) == []
+
+
+EVAL = ["eval", "{W}", "--methods", "tip_adapter", "--shots", "1", "--seeds", "{SEEDS}", "-o", "{OUT}",
+        "--cache", "{CACHE}", "--device", "cpu"]
+
+
+def test_eval_into_a_read_only_folder_and_a_full_disk(shared):
+    out = shared / "eval"
+    first = _args(EVAL, W=shared / "W", OUT=out, CACHE=shared / "cache", SEEDS="1")
+    assert run_cli(app, first) == 0
+    before = snapshot(out)
+    more = _args(EVAL, W=shared / "W", OUT=out, CACHE=shared / "cache", SEEDS="1,2")
+    size = (out / "results.jsonl").stat().st_size
+    status, text = run_limited(more, fsize=size + 100)  # the second record does not fit
+    _one_error_line(status, text, "file too large")
+    assert "results.jsonl" in text
+    assert snapshot(out) == before and leftovers(shared) == []
+    _make_read_only(out)
+    status, text = run_limited(more, read_only=True)
+    _one_error_line(status, text, "read-only", "no write permission", "permission denied")
+    assert snapshot(out) == before and leftovers(shared) == []
+
+
+def test_extract_with_a_read_only_cache_and_a_full_disk(shared):
+    ex = ["extract", str(shared / "W"), "--cache", str(shared / "cache"), "--workers", "0", "--device", "cpu"]
+    assert run_cli(app, ex) == 0
+    before = snapshot(shared / "cache")
+    status, text = run_limited([*ex, "--split", "val"], fsize=1024)  # a new entry: its part file is larger
+    _one_error_line(status, text, "file too large")
+    assert leftovers(shared / "cache") == []
+    assert {k: v for k, v in snapshot(shared / "cache").items() if k in before} == before
+    _make_read_only(shared / "cache")
+    kept = snapshot(shared / "cache")
+    status, text = run_limited(ex, read_only=True)  # a finished entry is read from a read-only cache
+    assert status == 0 and "reused" in text, text
+    status, text = run_limited([*ex, "--split", "test"], read_only=True)
+    _one_error_line(status, text, "read-only", "permission denied", "no write permission")
+    assert snapshot(shared / "cache") == kept and leftovers(shared / "cache") == []
+
+
+def test_two_fits_into_one_folder_at_once_leave_one_whole_run(places, tmp_path):
+    import multiprocessing as mp
+
+    art = tmp_path / "art"
+    ctx = mp.get_context("fork")
+    argv = [["-q", "fit", str(places["W"]), "-m", "tip_adapter", "-k", "1", "--seed", str(s), "-o", str(art),
+             "--cache", str(places["CACHE"])] for s in (1, 2)]
+    procs = [ctx.Process(target=lambda a=a: os._exit(run_cli(app, a))) for a in argv]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    codes = sorted(p.exitcode for p in procs)
+    assert codes[0] == 0 and codes[1] in (0, 2), codes  # the later commit is refused (no --overwrite), or it lost
+    # the race at the early check; either way one run's files, never a mix
+    import json
+
+    seed = json.loads((art / "task.json").read_text())["seed"]
+    ref = tmp_path / f"ref{seed}"
+    assert run_cli(app, ["fit", str(places["W"]), "-m", "tip_adapter", "-k", "1", "--seed", str(seed), "-o", str(ref),
+                         "--cache", str(places["CACHE"])]) == 0
+    assert snapshot(art) == snapshot(ref)
+    assert leftovers(tmp_path) == []

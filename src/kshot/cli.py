@@ -533,6 +533,7 @@ def eval_(
     from kshot.data.coop_source import load_any
     from kshot.eval.fewshot import FewShotInputs, FewShotProtocol, ResultStore, cached_feature_methods, run_fewshot
     from kshot.eval.report import markdown_table, plot_curves
+    from kshot.outputs import atomic_write_text, check_writable
 
     if protocol not in ("fewshot", "base2new"):
         raise KshotError(f"unknown protocol {protocol!r}; available: fewshot, base2new")
@@ -559,6 +560,7 @@ def eval_(
         console.print(f"results in {out}")
         return
     proto = FewShotProtocol(names, tuple(shot_list), seed_list, per_method, k_val=0 if no_val else None)
+    check_writable(out, "--out folder")  # a read-only folder fails now, not after the first cell
     paths = _eval_datasets(data, several=test is not None or holdout is not None)
     bb = _load_backbone(backbone, device)
     store = _store(cache, device)
@@ -584,7 +586,7 @@ def eval_(
                                encoder=bb)
         records = run_fewshot(inputs, proto, results, progress=console.print)
         table = markdown_table(records)
-        (out / f"{pool.name}_table.md").write_text(table)
+        atomic_write_text(out / f"{pool.name}_table.md", table)
         plot_curves(records, out / f"{pool.name}_curves.png", f"{pool.name} — {bb.spec}")
         Console().print(table)
     console.print(f"results in {out}")

@@ -376,11 +376,23 @@ class ResultStore:
         return set(self._by_key)
 
     def append(self, rec: dict[str, Any]) -> None:
+        """Append one record (a line, fsynced); a failed write (disk full, size limit) is cut off again."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        data = memoryview((json.dumps(rec) + "\n").encode("utf-8"))
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            except BaseException as e:
+                os.ftruncate(fd, size)  # the file stays as it was: no torn line
+                if isinstance(e, OSError) and e.filename is None:
+                    raise OSError(e.errno, e.strerror, str(self.path)) from e
+                raise
+        finally:
+            os.close(fd)
         self._by_key[self.key(rec)] = rec
 
 

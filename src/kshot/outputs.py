@@ -62,6 +62,26 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def check_writable(folder: str | Path, what: str = "output folder") -> None:
+    """Refuse early (KshotError) a `folder` whose nearest existing ancestor cannot be written (a read-only file system
+    or no permission), before any work is done."""
+    p = Path(folder).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise KshotError(f"{p} is a file, expected a folder (in the {what} {folder})")
+    if not os.access(p, os.W_OK | os.X_OK):
+        why = "a read-only file system" if _read_only_fs(p) else "no write permission"
+        raise KshotError(f"cannot write into {p} ({why}); choose another {what} than {folder}")
+
+
+def _read_only_fs(p: Path) -> bool:
+    try:
+        return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -105,6 +125,7 @@ class RunFolder:
         p = self.path
         if p.exists() and not p.is_dir():
             raise KshotError(f"{p} exists and is not a folder; choose another output folder")
+        check_writable(p.parent, f"parent of the {self.what} folder")  # the staging folder is made beside `p`
         if not p.is_dir() or not any(p.iterdir()):
             return
         if not (p / self.marker).is_file():
@@ -222,3 +243,33 @@ class dir_lock:
         if self.fd >= 0:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
+
+
+def write_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """`safetensors.torch.save_file` (not atomic by itself), with its I/O errors raised as `OSError` (errno and file
+    named), so a full disk or a file-size limit is a one-line error like any other write."""
+    import re
+
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        m = re.search(r"os error (\d+)", str(e))
+        if m is None:
+            raise
+        code = int(m.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from e
+
+
+def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write a safetensors file atomically (see `atomic_write`, `write_safetensors`)."""
+    return atomic_write(path, lambda tmp: write_safetensors(tensors, tmp, metadata))
+
+
+def save_figure(fig: object, path: str | Path, **kwargs: object) -> Path:
+    """`fig.savefig` (a matplotlib figure) to `path` atomically; the format comes from the suffix (default png)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))  # type: ignore[attr-defined]

@@ -59,3 +59,54 @@ def test_flat_folder(tmp_path, img):
 def test_flat_folder_without_images(tmp_path):
     with pytest.raises(DataError, match="no image files"):
         read_flat_folder(tmp_path)
+
+
+def test_symlink_loop_and_second_link_are_read_once(tmp_path, img, caplog):
+    root = tmp_path / "pets"
+    for i in range(3):
+        img(root / "cat" / "sub" / f"{i}.png", seed=i)
+    img(root / "dog" / "0.png")
+    (root / "cat" / "sub" / "loop").symlink_to(root / "cat")  # cat/sub/loop -> cat: an endless tree
+    (root / "cat" / "again").symlink_to(root / "cat" / "sub")  # a second link to a folder walked anyway
+    ds = read_image_folder(root)
+    assert [it.path for it in ds.items if it.label == 0] == ["cat/again/0.png", "cat/again/1.png", "cat/again/2.png"]
+    assert len(ds) == 4  # 4 real images, each once
+    assert "symlink loop" in caplog.text
+
+
+def test_non_utf8_file_and_folder_names_are_skipped_with_a_warning(tmp_path, img, caplog):
+    import os
+
+    root = tmp_path / "pets"
+    img(root / "cat" / "a.png")
+    img(root / "dog" / "b.png")
+    bad_file = os.path.join(os.fsencode(root / "cat"), b"caf\xe9.png")
+    bad_dir = os.path.join(os.fsencode(root), b"\xff_class")
+    with open(bad_file, "wb") as f:
+        f.write((root / "cat" / "a.png").read_bytes())
+    os.makedirs(bad_dir)
+    with open(os.path.join(bad_dir, b"x.png"), "wb") as f:
+        f.write((root / "cat" / "a.png").read_bytes())
+    ds = read_image_folder(root)
+    assert ds.raw_classnames == ["cat", "dog"] and [it.path for it in ds.items] == ["cat/a.png", "dog/b.png"]
+    assert "not valid UTF-8" in caplog.text and "caf\\xe9.png" in caplog.text
+    with open(os.path.join(os.fsencode(root / "dog"), b"\xfe.jpg"), "wb") as f:
+        f.write(b"")
+    flat = read_flat_folder(root / "dog")
+    assert [it.path for it in flat.items] == ["b.png"]
+
+
+def test_non_utf8_name_gives_no_traceback_in_kshot_extract(tmp_path, img, capsys):
+    import os
+
+    from kshot.cli import app
+    from kshot.cli_errors import run_cli
+
+    root = tmp_path / "pets"
+    for c in ("cat", "dog"):
+        img(root / c / "a.png")
+    with open(os.path.join(os.fsencode(root / "cat"), b"\xe9t\xe9.png"), "wb") as f:
+        f.write((root / "cat" / "a.png").read_bytes())
+    assert run_cli(app, ["extract", str(root), "--cache", str(tmp_path / "cache"), "--workers", "0"]) == 0
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err and "cached 2 x" in out.err

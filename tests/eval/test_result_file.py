@@ -69,3 +69,53 @@ def test_predictions_csv_round_trip(tmp_path):
     (tmp_path / "bad.csv").write_text("file,x\n")
     with pytest.raises(DataError):
         Predictions.read_csv(tmp_path / "bad.csv")
+
+
+def test_names_with_spaces_round_trip_and_a_sixth_id_is_refused(tmp_path):
+    names = ["my cat 1.jpg", "dog.jpg"]
+    d = _test_dir(tmp_path, names)
+    ids = np.array([[1, 2, 3, 4, 5], [5, 4, 3, 2, 1]])
+    path = write_result_txt(tmp_path / "result.txt", names, ids)
+    rf = read_result_txt(path, num_classes=10, test_dir=d)
+    assert rf.as_dict()["my cat 1.jpg"].tolist() == [1, 2, 3, 4, 5]
+    (tmp_path / "six.txt").write_text("a.jpg 1 2 3 4 5 6\n")  # one id too many is not a name 'a.jpg 1'
+    with pytest.raises(DataError, match="expected"):
+        read_result_txt(tmp_path / "six.txt", num_classes=10)
+    with pytest.raises(DataError, match="line break"):
+        write_result_txt(tmp_path / "r2.txt", ["a\nb.jpg"], ids[:1])
+
+
+def test_result_zip_is_deterministic(tmp_path):
+    import os
+    import time
+    import zipfile
+
+    ids = np.array([[1, 2, 3, 4, 5], [5, 4, 3, 2, 1]])
+    write_result_txt(tmp_path / "a" / "result.txt", ["x.jpg", "y.jpg"], ids, zip_it=True)
+    first = (tmp_path / "a" / "result.zip").read_bytes()
+    old = os.umask(0o077)
+    try:
+        time.sleep(1.1)  # another wall-clock second, another umask: same bytes
+        write_result_txt(tmp_path / "b" / "result.txt", ["y.jpg", "x.jpg"], ids[::-1], zip_it=True)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "b" / "result.zip").read_bytes() == first
+    with zipfile.ZipFile(tmp_path / "a" / "result.zip") as z:
+        assert z.namelist() == ["result.txt"] and z.read("result.txt") == (tmp_path / "a" / "result.txt").read_bytes()
+        assert z.infolist()[0].date_time == (1980, 1, 1, 0, 0, 0)
+
+
+def test_kshot_score_reads_result_txt_names_with_spaces(tmp_path, capsys):
+    import json
+
+    from kshot.cli import app
+    from kshot.cli_errors import run_cli
+
+    names = ["my cat 1.jpg", "a dog.jpg", "plain.jpg"]
+    ids = np.array([[1, 2, 3, 4, 5], [2, 1, 3, 4, 5], [3, 1, 2, 4, 5]])
+    write_result_txt(tmp_path / "result.txt", names, ids)
+    (tmp_path / "labels.txt").write_text("TestSetA/my cat 1.jpg 1\nTestSetA/a dog.jpg 2\nTestSetA/plain.jpg 4\n")
+    assert run_cli(app, ["score", str(tmp_path / "result.txt"), "--labels", str(tmp_path / "labels.txt"),
+                         "--layout", "list", "--json", str(tmp_path / "m.json")]) == 0, capsys.readouterr().err
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["top1"] == pytest.approx(2 / 3) and m["top5"] == pytest.approx(1.0)

@@ -1,21 +1,23 @@
 """One checkpoint per run: `checkpoint.safetensors` (shared weights, masks, heads) + `checkpoint.json` (config,
 schedule position, accuracy matrix, learner state). No pickle.
 
-Both files are written atomically (temporary file + rename), tensors first; each carries the same random token,
-so a JSON paired with the tensors of another save is detected.
+Both files are written atomically (temporary file + rename), tensors first; each carries the same token, a hash of
+the save's content (tensors and metadata, wall-clock seconds left out), so a JSON paired with the tensors of another
+save is detected, and a resumed run writes the same bytes as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kshot.errors import CheckpointError
+from kshot.outputs import write_safetensors
 
 FORMAT = "kshot.continual.checkpoint/1"
 TENSORS, META = "checkpoint.safetensors", "checkpoint.json"
@@ -33,15 +35,34 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Write tensors and JSON `meta` into `directory`; returns the JSON path."""
-    from safetensors.torch import save_file
-
     directory.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(8)
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic_write(directory / TENSORS, lambda p: save_file(flat, str(p), metadata={"format": FORMAT, "token": token}))
+    token = content_token(flat, meta)
+    # one metadata key: safetensors writes several in a random (hash map) order, and the file must be reproducible
+    header = {"kshot": json.dumps({"format": FORMAT, "token": token}, sort_keys=True)}
+    _atomic_write(directory / TENSORS, lambda p: write_safetensors(flat, p, header))
     payload = {"format": FORMAT, "token": token, **meta}
     _atomic_write(directory / META, lambda p: p.write_text(json.dumps(payload, indent=1), encoding="utf-8"))
     return directory / META
+
+
+def content_token(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    """16 hex chars over the tensors (names, dtypes, shapes, bytes) and `meta` without its `seconds` fields."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(json.dumps(_without_seconds(meta), sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _without_seconds(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _without_seconds(v) for k, v in x.items() if k != "seconds"}
+    if isinstance(x, list):
+        return [_without_seconds(v) for v in x]
+    return x
 
 
 def checkpoint_dir(path: str | Path) -> Path:
@@ -79,7 +100,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     f = d / TENSORS
     try:
         with safe_open(str(f), framework="pt", device=str(device)) as st:
-            token = (st.metadata() or {}).get("token")
+            header = st.metadata() or {}
+            token = json.loads(header["kshot"]).get("token") if "kshot" in header else header.get("token")
             tensors = {k: st.get_tensor(k) for k in st.keys()}
     except FileNotFoundError:
         raise CheckpointError(f"{f}: missing (the checkpoint has metadata but no tensors)") from None

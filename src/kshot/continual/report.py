@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from kshot.errors import KshotError
+from kshot.outputs import atomic_write_text, save_figure
 
 from .config import METHOD_NAMES
 from .metrics import as_matrix, summarise
@@ -82,7 +83,7 @@ def plot_heatmaps(results: dict[str, dict[str, Any]], path: Path) -> Path:
         ax.set_ylabel("after training")
         ax.set_title(method)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -131,7 +132,7 @@ def plot_curves(log_jsonl: Path, path: Path, title: str) -> Path | None:
     if ax_a.get_legend_handles_labels()[0]:
         ax_a.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -156,7 +157,7 @@ def plot_capacity(capacity: dict[str, dict[str, int]], path: Path) -> Path:
     ax.set_ylabel("share of layer weights")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -239,5 +240,5 @@ def write_report(out_dir: str | Path) -> Path:
             lines += [f"![training curves of {m}](curves_{m}.png)", ""]
     lines += _reference_table(task_names)
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines))
     return path

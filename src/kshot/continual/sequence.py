@@ -27,6 +27,7 @@ import torch
 
 from kshot.data.classes import ClassMatch, match_classes
 from kshot.errors import CheckpointError, ConfigError, DataError
+from kshot.outputs import atomic_write_text
 
 from .checkpoint import META, TENSORS, has_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from .config import ContinualConfig, TaskSpec, config_from_dict, config_hash, diff_configs, to_dict
@@ -301,7 +302,7 @@ def _write_results(directory: Path, state: RunState, runlog: RunLog) -> None:
     import json
 
     out = {**_state_dict(state), "summary": state.summary()}
-    (directory / "results.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
+    atomic_write_text(directory / "results.json", json.dumps(out, indent=1))
     s = state.summary()
     runlog.line(f"[{state.method}] done: average accuracy {s['average_accuracy']:.2f}%, BWT {s['bwt']:.2f}, "
                 f"forgetting {s['forgetting']:.2f}")

@@ -1,7 +1,8 @@
 """Folder readers: ImageFolder trees (`root/<class>/<img>`) and flat folders of unlabelled images.
 
 Classes are the sorted sub-directory names (as torchvision's ImageFolder), images are found recursively inside each
-class folder. Unlike torchvision, hidden entries ('.ipynb_checkpoints', '.DS_Store') are ignored, and an empty class
+class folder, following symbolic links but reading each real folder once (a link loop is not an endless tree).
+Names that are not valid UTF-8 are skipped with a warning. Unlike torchvision, hidden entries ('.ipynb_checkpoints', '.DS_Store') are ignored, and an empty class
 folder is an error by default (`on_empty="warn"` keeps it as a class with no items, e.g. a zero-shot class).
 """
 
@@ -14,7 +15,7 @@ from typing import Literal, Sequence
 
 from kshot.data.dataset import Dataset, Item
 from kshot.data.listfile import clean_name
-from kshot.data.paths import IMAGE_EXTENSIONS, check_unique_names, is_image_name, list_images
+from kshot.data.paths import IMAGE_EXTENSIONS, check_unique_names, drop_non_utf8, is_image_name, list_images
 from kshot.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -23,30 +24,48 @@ OnEmpty = Literal["error", "warn"]
 
 
 def class_dirs(root: Path) -> list[str]:
-    """Sorted names of the non-hidden sub-directories of `root`."""
+    """Sorted names of the non-hidden sub-directories of `root` (names that are not UTF-8 skipped, with a warning)."""
     try:
-        return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        names = [e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")]
     except OSError as e:
         raise DataError(f"cannot list {root}: {e}") from e
+    return sorted(drop_non_utf8(names, root))
+
+
+def walk_once(directory: Path):
+    """`os.walk(directory, followlinks=True)` in sorted order that visits each real folder once: a symlink loop, or a
+    second link to a folder already walked, is skipped (with a warning). Hidden folders and folder names that are not
+    UTF-8 are not entered; yields (dirpath, file names) with hidden and non-UTF-8 file names dropped."""
+    seen: dict[tuple[int, int], str] = {}
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        ident = (st.st_dev, st.st_ino)
+        if ident in seen:
+            log.warning("%s is the folder %s again (a symlink loop or a second link); not read twice", dirpath,
+                        seen[ident])
+            dirnames[:] = []
+            continue
+        seen[ident] = dirpath
+        dirnames[:] = sorted(drop_non_utf8((d for d in dirnames if not d.startswith(".")), dirpath))
+        yield dirpath, drop_non_utf8((f for f in filenames if not f.startswith(".")), dirpath)
 
 
 def _images_under(directory: Path) -> list[str]:
     """Image paths under `directory`, relative to it, '/' separated, sorted; hidden files and folders skipped."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for dirpath, filenames in walk_once(directory):
         rel = os.path.relpath(dirpath, directory)
         prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-        out.extend(prefix + f for f in filenames if not f.startswith(".") and is_image_name(f))
+        out.extend(prefix + f for f in filenames if is_image_name(f))
     return sorted(out)
 
 
 def _has_image(directory: Path) -> bool:
-    for _, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        if any(not f.startswith(".") and is_image_name(f) for f in filenames):
-            return True
-    return False
+    return any(any(is_image_name(f) for f in filenames) for _, filenames in walk_once(directory))
 
 
 def looks_like_image_folder(root: Path) -> bool:

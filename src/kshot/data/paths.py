@@ -126,13 +126,36 @@ def check_missing(root: Path, relpaths: Sequence[str], wheres: Sequence[str], on
     return keep, [(relpaths[i], f"missing file ({wheres[i]})") for i in missing]
 
 
+def is_utf8_name(name: str) -> bool:
+    """False for a file name that is not valid UTF-8 on disk (Python hands it over with surrogate escapes); such names
+    cannot be written to result files, JSON or list files, so the readers skip them."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def drop_non_utf8(names: Iterable[str], where: str | Path) -> list[str]:
+    """`names` without the ones that are not valid UTF-8, with one warning naming them (as bytes)."""
+    names = list(names)
+    bad = [n for n in names if not is_utf8_name(n)]
+    if bad:
+        shown = ", ".join(repr(os.fsencode(n)) for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        log.warning("%s: skipped %d file name(s) that are not valid UTF-8: %s (rename them to use them)", where,
+                    len(bad), shown)
+    return [n for n in names if n not in bad] if bad else names
+
+
 def list_images(directory: Path) -> list[str]:
-    """Image file names directly inside `directory`, sorted; hidden files are left out."""
+    """Image file names directly inside `directory`, sorted; hidden files and names that are not UTF-8 (with a
+    warning) are left out."""
     try:
         entries = list(os.scandir(directory))
     except OSError as e:
         raise DataError(f"cannot list {directory}: {e}") from e
-    return sorted(e.name for e in entries if e.is_file() and not e.name.startswith(".") and is_image_name(e.name))
+    names = [e.name for e in entries if e.is_file() and not e.name.startswith(".") and is_image_name(e.name)]
+    return sorted(drop_non_utf8(names, directory))
 
 
 def check_unique_names(names: Iterable[str], where: str) -> None:

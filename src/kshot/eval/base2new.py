@@ -32,6 +32,7 @@ from kshot.experiment import draw_selection as draw_pool_selection
 from kshot.experiment import method_config_hash as config_hash
 from kshot.features.featureset import FeatureSet
 from kshot.methods import Method, config_to_dict, create
+from kshot.outputs import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +293,6 @@ def plot_bars(records: Sequence[dict[str, Any]], path: str | Path, title: str) -
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path

@@ -29,6 +29,7 @@ from kshot.eval.paper import paper_rows, write_tables
 from kshot.eval.base2new import DEFAULT_METHODS as BASE2NEW_METHODS
 from kshot.eval.base2new import markdown_table as base2new_table
 from kshot.eval.report import plot_curves
+from kshot.outputs import atomic_write_text
 from kshot.methods.prompting.cli import run_base2new
 from kshot.methods import METHODS
 from kshot.features import FeatureStore
@@ -139,7 +140,7 @@ def _base2new(paths: list[Path], bb, proto: FewShotProtocol, out: Path, cache: O
                            overrides=proto.overrides, out=out, cache=cache, device=device, progress=console.print)
         recs += res["records"]
     table = base2new_table(recs)
-    (out / "table_base2new.md").write_text(table)
+    atomic_write_text(out / "table_base2new.md", table)
     Console().print(table)
     console.print(f"results in {out}: table_base2new.md")
 

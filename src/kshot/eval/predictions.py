@@ -15,6 +15,7 @@ import torch
 
 from kshot.errors import DataError
 from kshot.eval.metrics import topk_ids
+from kshot.outputs import atomic_write, atomic_write_text
 
 
 FORMATS = ("csv", "json", "parquet")
@@ -59,34 +60,28 @@ class Predictions:
                             " (-o NAME.csv|.json|.parquet or --format)")
         if fmt == "csv":
             return self.write_csv(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
         if fmt == "json":
-            tmp.write_text(json.dumps({"run": self.run, "classnames": self.classnames, "predictions": self.rows()},
-                                      indent=1))
-        else:
-            try:
-                import pyarrow as pa
-                import pyarrow.parquet as pq
-            except ImportError:
-                raise DataError("--format parquet needs pyarrow: pip install pyarrow (or write .csv / .json)") from None
-            pq.write_table(pa.Table.from_pylist(self.rows()), tmp)
-        tmp.replace(path)
-        return path
+            return atomic_write_text(path, json.dumps({"run": self.run, "classnames": self.classnames,
+                                                       "predictions": self.rows()}, indent=1))
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError("--format parquet needs pyarrow: pip install pyarrow (or write .csv / .json)") from None
+        return atomic_write(path, lambda tmp: pq.write_table(pa.Table.from_pylist(self.rows()), tmp))
 
     def write_csv(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         k = self.ids.shape[1]
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", *[f"id{i + 1}" for i in range(k)], *[f"score{i + 1}" for i in range(k)],
-                        *[f"label{i + 1}" for i in range(k)], "run"])
-            for p, ids, sc, names in zip(self.paths, self.ids, self.scores, self.names()):
-                w.writerow([p, *ids.tolist(), *[f"{s:.6f}" for s in sc.tolist()], *names, self.run])
-        tmp.replace(path)
-        return path
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["path", *[f"id{i + 1}" for i in range(k)], *[f"score{i + 1}" for i in range(k)],
+                            *[f"label{i + 1}" for i in range(k)], "run"])
+                for p, ids, sc, names in zip(self.paths, self.ids, self.scores, self.names()):
+                    w.writerow([p, *ids.tolist(), *[f"{s:.6f}" for s in sc.tolist()], *names, self.run])
+
+        return atomic_write(path, write)
 
     @classmethod
     def read(cls, path: str | Path) -> "Predictions":

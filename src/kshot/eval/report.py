@@ -8,6 +8,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from kshot.outputs import save_figure
+
 
 def aggregate(records: Sequence[dict[str, Any]], metric: Callable[[dict], float | None] = lambda r: r["top1"]
               ) -> dict[str, dict[int, tuple[float, float, int]]]:
@@ -73,7 +75,7 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | Path, title: str,
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -100,6 +102,6 @@ def plot_confusion(matrix: np.ndarray, classnames: Sequence[str], path: str | Pa
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path

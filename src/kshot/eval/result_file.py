@@ -1,5 +1,8 @@
 """The Jittor challenge's submission file: `<filename> <id1> <id2> <id3> <id4> <id5>` per test image.
 
+The ids are the last five tokens of a line, so a file name may contain spaces. `result.zip` is deterministic (fixed
+timestamp, order and mode): the same predictions give the same bytes.
+
 Ids are best first; lines follow a stable order (sorted filenames, which is `os.listdir` order on the judge's side only
 by accident — we sort to be deterministic). The reader validates a file against a test folder and a class list.
 """
@@ -26,6 +29,10 @@ def write_result_txt(path: str | Path, filenames: Sequence[str], topk: np.ndarra
     if topk.ndim != 2 or topk.shape[0] != len(filenames):
         raise ValueError(f"topk must be [N, k] with N={len(filenames)}, got {topk.shape}")
     names = [Path(f).name for f in filenames]
+    odd = [n for n in names if n != n.strip() or any(c in n for c in "\r\n\t")]
+    if odd:
+        raise DataError(f"test file names with a line break, tab or leading/trailing space cannot be written to "
+                        f"result.txt: {odd[:3]}")
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})[:5]
         raise DataError(f"duplicate test filenames would make result.txt ambiguous: {dup}")
@@ -49,6 +56,10 @@ def write_zip(path: Path, files: dict[str, bytes]) -> None:
             info.external_attr = 0o644 << 16
             info.create_system = 3  # unix, whatever the writing system
             z.writestr(info, files[name], compresslevel=9)
+
+
+def _is_int(token: str) -> bool:
+    return token.lstrip("+-").isdigit()
 
 
 @dataclass
@@ -81,10 +92,11 @@ def read_result_txt(path: str | Path, *, num_classes: int | None = None, test_di
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        parts = line.split()
-        if len(parts) != k + 1:
-            raise DataError(f"{path}:{lineno}: expected '<filename> <{k} class ids>', got {len(parts) - 1} ids")
-        name = parts[0]
+        parts = line.strip().rsplit(maxsplit=k)  # the ids are the last k tokens: a file name may hold spaces
+        if len(parts) != k + 1 or (" " in parts[0].strip() and _is_int(parts[0].split()[-1])):
+            raise DataError(f"{path}:{lineno}: expected '<filename> <{k} class ids>', got {len(line.split()) - 1} "
+                            "ids")
+        name = parts[0].strip()
         try:
             ids = [int(p) for p in parts[1:]]
         except ValueError:

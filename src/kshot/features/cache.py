@@ -11,11 +11,16 @@ Layout of one entry `<root>/<key>/`:
     that wrote it and the unreadable images it met. An interrupted run resumes from the parts on disk; a part whose
     metadata does not match (another model, chunk size or format; torn) is recomputed with a warning, never joined.
   * ``features.safetensors`` — the joined result (`features` [N, D], `labels` [N], optional `aug` [V, N, D]);
-  * ``manifest.json`` — written last: the key fields, shapes, which rank wrote each part and the skipped images.
+  * ``manifest.json`` — written last: the key fields, shapes, the sha256 of the joined tensors, which rank wrote each
+    part and the skipped images.
 The parts are deleted once the manifest is written.
 
-Within one process `get` holds a per-entry lock (two threads asking for one entry compute it once; the second reads
-the joined result) and temp files carry the thread id, so threads never write or delete each other's files.
+Nothing is taken on trust: a part's and the joined file's content hash is checked when they are read, and so is the
+joined file's header (entry key, backbone fingerprint, format), so hand-edited values or a file copied in from
+another entry are recomputed with a warning, never used. One process fills an entry at a time (a `flock` on the entry
+folder, released by the kernel even on `kill -9`): a second `kshot extract` of the same entry waits, then reuses it;
+temporary files of killed processes are removed by the next one. Threads of one process
+conflict on that lock too (each opens the lock file itself), and temp names carry the thread id.
 
 Parts are the unit of sharding: with a `Shard` (kshot.features.distributed) rank r computes parts r, r + W, ... and
 rank 0 joins them (see docs/scale-out.md). Memory is bounded: extraction streams one chunk at a time, and the join
@@ -24,7 +29,6 @@ needs the output tensors plus one part.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -45,9 +49,11 @@ from kshot.features.augment import AugmentPolicy
 from kshot.features.distributed import Shard
 from kshot.features.extract import ExtractConfig, extract_features
 from kshot.features.featureset import FeatureSet
+from kshot.outputs import dir_lock, file_mode, write_safetensors
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 2  # 2: part files carry metadata (entry, fingerprint, format, view, range, rank, bad images)
+FORMAT_VERSION = 3  # 2: part files carry metadata (entry, fingerprint, format, view, range, rank, bad images);
+#                    3: parts, joined file and manifest carry a sha256 of the tensors, checked when read
 DEFAULT_CHUNK = 8192
 
 
@@ -76,33 +82,41 @@ def cache_key(backbone: Backbone, dataset: Dataset, policy: AugmentPolicy) -> tu
     return key, fields
 
 
-_ENTRY_LOCKS: dict[Path, threading.Lock] = {}
-_ENTRY_LOCKS_GUARD = threading.Lock()
-
-
-def _entry_lock(entry: Path) -> threading.Lock:
-    """The process-wide lock of one cache entry folder (threads of one process fill an entry one at a time)."""
-    with _ENTRY_LOCKS_GUARD:
-        return _ENTRY_LOCKS.setdefault(entry.resolve(), threading.Lock())
+TMP_MARK = ".tmp-"  # temporary files of an entry: `<name>.tmp-<host>-<pid>-<thread>` (host too: ranks share the folder)
 
 
 def _tmp_path(path: Path) -> Path:
-    """A temp name unique to this host, process and thread."""
-    return path.parent / f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
+    return path.parent / f"{path.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
+
+
+def _atomic(path: Path, write: Any) -> None:
+    """`write(tmp)` then rename onto `path`; the temporary file is removed on any error (disk full, read-only)."""
+    tmp = _tmp_path(path)
+    try:
+        write(tmp)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    tmp = _tmp_path(path)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    _atomic(path, lambda tmp: write_safetensors({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata))
 
 
 def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = _tmp_path(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 (hex) over the names, dtypes, shapes and bytes of `tensors`: any edited value changes it."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _try_load(path: Path) -> dict[str, torch.Tensor] | None:
@@ -115,6 +129,18 @@ def _try_load(path: Path) -> dict[str, torch.Tensor] | None:
     except Exception as e:  # a torn or foreign file: recompute it rather than trust it
         log.warning("ignoring unreadable cache file %s (%s)", path, e)
         return None
+
+
+def _header(key: str, fingerprint: str, digest: str) -> dict[str, str]:
+    """The safetensors metadata of a joined `features.safetensors`."""
+    return {"entry": key, "fingerprint": fingerprint, "format": str(FORMAT_VERSION), "sha256": digest}
+
+
+def _read_header(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {})
 
 
 @dataclass(frozen=True)
@@ -225,15 +251,20 @@ class FeatureStore:
         key, fields = cache_key(backbone, dataset, policy)
         entry = self.root / key
         self.last_computed, self.last_parts = [], 0
-        # one filler per entry within a process; ranks of one sharded fill coordinate through their parts instead
-        # (a rank holding the lock while it waits for the others would shut them out)
-        with _entry_lock(entry) if shard.world == 1 else contextlib.nullcontext():
-            return self._get(backbone, dataset, policy, name, shard, key, fields, entry)
+        if shard.world > 1:
+            return self._get(backbone, dataset, policy, name, shard, key, fields)
+        entry.mkdir(parents=True, exist_ok=True)
+        # One process per entry at a time: a second `kshot extract` of the same entry waits, then reuses the result.
+        with dir_lock(entry, lambda: log.warning("waiting for another process filling the cache entry %s", entry)):
+            for stale in entry.glob(f"*{TMP_MARK}*"):  # temporary files of killed processes (we hold the lock)
+                stale.unlink(missing_ok=True)
+            return self._get(backbone, dataset, policy, name, shard, key, fields)
 
     def _get(self, backbone: Backbone, dataset: Dataset, policy: AugmentPolicy, name: str, shard: Shard, key: str,
-             fields: dict[str, Any], entry: Path) -> FeatureSet:
+             fields: dict[str, Any]) -> FeatureSet:
+        entry = self.root / key
         if (entry / "manifest.json").is_file():
-            fs = self._load_entry(entry, dataset, repair=shard.rank == 0)
+            fs = self._load_entry(entry, key, backbone.fingerprint, dataset, repair=shard.rank == 0)
             if fs is not None:
                 self.last_hit = True
                 return fs
@@ -266,7 +297,7 @@ class FeatureStore:
                                  f"the joined entry {entry}")
             if not (entry / "manifest.json").is_file():
                 raise CacheError(f"rank {shard.rank}: rank 0 did not finish joining {entry} (see its error)")
-            fs = self._load_entry(entry, dataset, repair=False)
+            fs = self._load_entry(entry, key, fp, dataset, repair=False)
             if fs is None:
                 raise CacheError(f"rank {shard.rank}: the entry {entry} rank 0 joined is unreadable")
             return fs
@@ -279,7 +310,7 @@ class FeatureStore:
                                      "filesystem all nodes share")
             else:
                 shard.wait_until(missing_parts, f"parts of {entry} computed by other ranks")
-            fs = self._join(entry, key, fields, dataset, backbone, policy, parts, t0)
+            fs = self._join(entry, key, fields, dataset, backbone, policy, parts, t0, shard, name)
         finally:
             if shard.has_group:
                 shard.barrier()  # release the other ranks (they fail on a missing manifest if the join failed)
@@ -292,55 +323,90 @@ class FeatureStore:
             desc += f" [rank {shard.rank}/{shard.world}]"
         res = extract_features(backbone, dataset, range(part.start, part.stop), self.extract, policy, part.view, desc)
         meta = dict(part.expected(key, backbone.fingerprint), rank=str(shard.rank), world=str(shard.world),
-                    host=socket.gethostname(), bad=json.dumps([[int(i), str(r)] for i, r in res.bad]))
+                    host=socket.gethostname(), bad=json.dumps([[int(i), str(r)] for i, r in res.bad]),
+                    sha256=tensor_digest({"features": res.features}))
         _atomic_save({"features": res.features}, part.path, meta)
         self.last_computed.append(part.path.name)
 
-    def _join(self, entry: Path, key: str, fields: dict[str, Any], dataset: Dataset, backbone: Backbone,
-              policy: AugmentPolicy, parts: list[Part], t0: float) -> FeatureSet:
-        """Copy every part into preallocated outputs (one part in memory at a time), save, write the manifest."""
+    def _read_part(self, part: Part, key: str, fingerprint: str) -> tuple[torch.Tensor, dict[str, str]] | None:
+        """A part's features and metadata, or None (with a warning) when its content hash or header does not match."""
         from safetensors import safe_open
 
+        with safe_open(str(part.path), "pt") as f:
+            meta = f.metadata() or {}
+            if any(meta.get(k) != v for k, v in part.expected(key, fingerprint).items()):
+                raise CacheError(f"{part.path} changed while joining (metadata {meta}); re-run")
+            feats = f.get_tensor("features")
+        if meta.get("sha256") != tensor_digest({"features": feats}):
+            log.warning("cache part %s does not match its content hash (edited or corrupted); recomputing it",
+                        part.path)
+            return None
+        return feats, meta
+
+    def _join(self, entry: Path, key: str, fields: dict[str, Any], dataset: Dataset, backbone: Backbone,
+              policy: AugmentPolicy, parts: list[Part], t0: float, shard: Shard, name: str) -> FeatureSet:
+        """Copy every part into preallocated outputs (one part in memory at a time), save, write the manifest."""
         n, dim = len(dataset), backbone.embed_dim
         features = torch.zeros(n, dim)
         aug = torch.zeros(policy.views, n, dim) if policy.views else None
         bad: dict[int, str] = {}
         written_by: dict[str, int] = {}
         for part in parts:
-            with safe_open(str(part.path), "pt") as f:
-                meta = f.metadata() or {}
-                if any(meta.get(k) != v for k, v in part.expected(key, backbone.fingerprint).items()):
-                    raise CacheError(f"{part.path} changed while joining (metadata {meta}); re-run")
-                target = features if part.view is None else aug[part.view]  # type: ignore[index]
-                target[part.start:part.stop] = f.get_tensor("features")
+            got = self._read_part(part, key, backbone.fingerprint)
+            if got is None:
+                self._compute_part(backbone, dataset, policy, part, key, shard, name)
+                got = self._read_part(part, key, backbone.fingerprint)
+                if got is None:
+                    raise CacheError(f"{part.path}: content hash still wrong after recomputing it (disk fault?)")
+            feats, meta = got
+            target = features if part.view is None else aug[part.view]  # type: ignore[index]
+            target[part.start:part.stop] = feats
             for i, reason in json.loads(meta.get("bad", "[]")):
                 bad.setdefault(int(i), reason)
             written_by[part.path.name] = int(meta.get("rank", 0))
         tensors = {"features": features, "labels": torch.as_tensor(dataset.labels)}
         if aug is not None:
             tensors["aug"] = aug
-        _atomic_save(tensors, entry / "features.safetensors",
-                     {"entry": key, "fingerprint": backbone.fingerprint, "format": str(FORMAT_VERSION)})
-        manifest = dict(fields, n=n, dim=dim, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        digest = tensor_digest(tensors)
+        _atomic_save(tensors, entry / "features.safetensors", _header(key, backbone.fingerprint, digest))
+        manifest = dict(fields, n=n, dim=dim, sha256=digest, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
                         seconds=round(time.time() - t0, 3), parts=written_by,
                         skipped=[{"path": dataset.items[i].path, "reason": r} for i, r in sorted(bad.items())])
         _atomic_write_text(json.dumps(manifest, indent=2), entry / "manifest.json")
-        for leftover in entry.glob("part-*"):  # joined parts and temp files of killed ranks
+        for leftover in [*entry.glob("part-*"), *entry.glob(f"*{TMP_MARK}*")]:  # joined parts, temp files of killed ranks
             leftover.unlink(missing_ok=True)
         if bad:
             log.warning("%d unreadable images were skipped (zero features); listed in %s", len(bad),
                         entry / "manifest.json")
         return self._to_featureset(tensors, dataset, bad)
 
-    def _load_entry(self, entry: Path, dataset: Dataset, repair: bool = True) -> FeatureSet | None:
-        """The joined entry, or None when it is incomplete (`repair`: then drop its manifest so it is rebuilt)."""
+    def _load_entry(self, entry: Path, key: str, fingerprint: str, dataset: Dataset, repair: bool = True
+                    ) -> FeatureSet | None:
+        """The joined entry, or None when it is incomplete, edited or foreign (`repair`: then drop its manifest so it
+        is rebuilt). Checks the file's header (entry key, backbone fingerprint, format) and the content hash the
+        manifest recorded, so hand-edited values or a file copied from another entry are never used."""
         try:
             manifest = json.loads((entry / "manifest.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise CacheError(f"{entry}: unreadable manifest ({e}); delete the folder to rebuild") from None
-        tensors = _try_load(entry / "features.safetensors")
+        path = entry / "features.safetensors"
+        tensors = _try_load(path)
+        problem = None
         if tensors is None or tensors["features"].shape[0] != manifest.get("n") or manifest.get("n") != len(dataset):
-            log.warning("cache entry %s is incomplete or inconsistent with its manifest; rebuilding", entry)
+            problem = "is incomplete or inconsistent with its manifest"
+        else:
+            header = _read_header(path)
+            digest = manifest.get("sha256")
+            want = _header(key, fingerprint, str(digest))
+            wrong = [f"{k}={header.get(k)!r} (expected {v!r})" for k, v in want.items() if header.get(k) != v]
+            if manifest.get("backbone") != fingerprint:
+                wrong.insert(0, f"manifest backbone={manifest.get('backbone')!r} (expected {fingerprint!r})")
+            if wrong:
+                problem = f"has a foreign or edited header: {'; '.join(wrong)}"
+            elif tensor_digest(tensors) != digest:
+                problem = "does not match its content hash (values edited or corrupted)"
+        if problem is not None:
+            log.warning("cache entry %s %s; rebuilding it", entry, problem)
             if repair:
                 (entry / "manifest.json").unlink(missing_ok=True)
             return None

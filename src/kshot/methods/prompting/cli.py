@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 import typer
 
 from kshot.errors import KshotError
+from kshot.outputs import atomic_write_text
 
 log = logging.getLogger(__name__)
 app = typer.Typer(rich_markup_mode=None, add_completion=False, no_args_is_help=True,
@@ -135,7 +136,7 @@ def run_base2new(
                            ResultStore(out / "results_base2new.jsonl"), progress)
     table = markdown_table(records)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{pool.name}_base2new.md").write_text(table)
+    atomic_write_text(out / f"{pool.name}_base2new.md", table)
     plot = plot_bars(records, out / f"{pool.name}_base2new.png", f"{pool.name} base-to-new — {inputs.spec}")
     return {"records": records, "table": table, "plot": plot, "dataset": pool.name}
 
