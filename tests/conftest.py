@@ -28,3 +28,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=reason))
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+
+
+@pytest.fixture(autouse=True)
+def _process_globals_restored():
+    """`kshot -q/-v` set the root log level and the progress switch for the process: in-process CLI tests
+    (CliRunner) must not leave them to the tests that run after."""
+    import logging
+
+    from kshot.progress import set_quiet
+
+    level = logging.getLogger().level
+    yield
+    logging.getLogger().setLevel(level)
+    set_quiet(False)
