@@ -16,7 +16,8 @@ from kshot.progress import set_quiet
 
 app = typer.Typer(rich_markup_mode=None, add_completion=False, no_args_is_help=True,
                   help="kshot: few-shot adaptation of pretrained vision(-language) models from cached features.\n\n"
-                       "Example: kshot fit photos/ -m auto -o runs/auto && kshot predict new/ -a runs/auto -o labels.csv")
+                       "Example: kshot fit photos/ -m auto -o runs/auto && "
+                       "kshot predict new/ -a runs/auto -o labels.csv")
 console = Console(stderr=True)
 
 

@@ -66,7 +66,8 @@ def test_predict_and_score_a_labelled_flat_folder_without_split(folders, tmp_pat
     # a folder with a test split: only the test images, scored against them
     _ok(runner.invoke(app, ["predict", str(folders["split"]), "-o", str(preds), *cache]))
     assert sorted(Predictions.read(preds).paths) == ["blue/0.png", "red/0.png", "red/1.png"]
-    _ok(runner.invoke(app, ["score", str(preds), "--labels", str(folders["split"]), "--json", str(tmp_path / "m.json")]))
+    _ok(runner.invoke(app, ["score", str(preds), "--labels", str(folders["split"]), "--json",
+                            str(tmp_path / "m.json")]))
     assert json.loads((tmp_path / "m.json").read_text())["n"] == 3
 
 

@@ -42,7 +42,8 @@ def test_sidecar_carries_the_toy_tokenizer_and_the_file_loads_as_the_toy_clip(ex
     names = ["brontle", "a photo of a red circle"]
     assert torch.equal(bb.tokenizer(names), toy.tokenizer(names))
     with torch.no_grad():
-        torch.testing.assert_close(bb.model.encode_text(bb.tokenizer(names)), toy.model.encode_text(toy.tokenizer(names)))
+        got, want = bb.model.encode_text(bb.tokenizer(names)), toy.model.encode_text(toy.tokenizer(names))
+    torch.testing.assert_close(got, want)
     assert bb.logit_scale == pytest.approx(toy.logit_scale)
 
 
