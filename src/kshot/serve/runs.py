@@ -184,9 +184,10 @@ def check_drop(data: Path, shots: int, seed: int, drop: list[str]) -> None:
 
 
 def fit_run(data: Path, method: str, shots: int, seed: int, backbone: str, out: Path, cache: Path,
-            backbones: dict[str, Backbone], job: Job, drop: list[str] | None = None, dataset: str = ""
-            ) -> dict[str, Any]:
-    """`kshot fit` into `out` (minus the `drop`ped shots) and its scores.
+            backbones: dict[str, Backbone], job: Job, drop: list[str] | None = None, dataset: str = "",
+            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`kshot fit` into `out` (minus the `drop`ped shots; `overrides`: method config fields) and its scores. A method
+    that trains through the image encoder gets the shot images and is scored on its tuned encoder's features.
 
     Returns:
         {'val_top1', 'test_top1' (fractions), 'recall' {class: fraction}, 'confusion' (file name in `out`),
@@ -210,24 +211,30 @@ def fit_run(data: Path, method: str, shots: int, seed: int, backbone: str, out: 
     used, local = ex.remap_selection(sel)
     feats = ex.pool_features(store, bb, pool, used)
     spec = ex.prompt_spec_for(pool)
-    m = create(method)
+    m = create(method, **(overrides or {}))
+    images = {"train": pool.subset(sel.shots), "val": pool.subset(sel.val)} if m.trains_encoders else None
     task = ex.build_task(m, feats.subset(local.shots), pool.classnames, ex.text_weights_for(bb, pool, spec),
-                         val=feats.subset(local.val), logit_scale=bb.logit_scale, backbone=bb, seed=seed)
+                         val=feats.subset(local.val), logit_scale=bb.logit_scale, backbone=bb, images=images,
+                         seed=seed)
     job.step = f"fitting {method}"
     m.fit(task)
+    encoder = m.tuned_backbone(bb) if "image" in m.trains_encoders else bb  # what m.logits expects features of
+    val, _ = ex.method_features(m, store, bb, pool.subset(sel.val), feats.subset(local.val))
+    report = ex.fit_report(m, val, encoder.spec)
     out.mkdir(parents=True)
     info = ex.FittedRun.describe(bb, pool, spec, method=method, shots=shots, seed=seed, data=data)
-    ex.FittedRun(m, info).save(out, pool, sel.shots)
+    info.update(report)
+    ex.FittedRun(m, info).save(out, pool, sel.shots, report=report)
     metrics: dict[str, Any] = {"dataset": dataset, "dropped": sorted(drop or [])}
-    if task.val is not None and len(task.val.labels):
-        metrics["val_top1"] = float((m.logits(task.val.features).argmax(1) == task.val.labels).float().mean())
+    if report["val_top1_percent"] is not None:
+        metrics["val_top1"] = report["val_top1_percent"] / 100.0
     job.step = "scoring the test split"
     try:
         test = load_dataset(data, split="test")
     except KshotError:
         test = None
     if test is not None and test.has_labels and len(test):
-        fs = ex.test_features(store, bb, test, pool.classnames, model=f"the training pool {data}")
+        fs = ex.test_features(store, encoder, test, pool.classnames, model=f"the training pool {data}")
         probs = ex.predict_logits(m, fs).float().softmax(-1)
         top_p, top_i = probs.topk(min(5, probs.shape[1]), dim=1)
         pred, y = top_i[:, 0].numpy(), fs.labels.numpy()
