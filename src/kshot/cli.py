@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kshot.cli_errors import main as run_cli_main
+from kshot.devices import device_option
 from kshot.errors import KshotError
 from kshot.progress import set_quiet
 
@@ -53,7 +54,8 @@ BackboneOpt = typer.Option("toy:clip", "--backbone", "-b",
                                 "or a checkpoint path.")
 LayoutOpt = typer.Option("auto", "--layout", help="Data layout: auto|imagefolder|coop|challenge|list|folder.")
 CacheOpt = typer.Option(None, "--cache", help="Feature cache folder (default $KSHOT_CACHE or ~/.cache/kshot).")
-DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available).")
+DeviceOpt = typer.Option(None, "--device", callback=device_option,
+                         help="cpu, cuda, cuda:1 ... (default: CUDA when available).")
 
 
 def _store(cache: Optional[Path], device: Optional[str], batch_size: int = 128, workers: Optional[int] = None, *,
@@ -72,6 +74,21 @@ def _store(cache: Optional[Path], device: Optional[str], batch_size: int = 128, 
                           f"(ExtractConfig fields: {', '.join(sorted(known))})")
     cfg = ExtractConfig(batch_size=batch_size, num_workers=workers, device=device, progress=progress, **extract_options)
     return FeatureStore(cache or default_cache_dir(), chunk=chunk or DEFAULT_CHUNK, extract=cfg)
+
+
+def _check_out(out: Path, option: str = "--out", folder: bool = True) -> None:
+    """Refuse an output path that cannot be written before any work starts: `out` (a folder, or with
+    `folder=False` a file) or one of its parents is in the way."""
+    from kshot.errors import ConfigError
+
+    if out.exists() and out.is_dir() != folder:
+        raise ConfigError(f"{option} {out}: {'a file' if folder else 'a folder'} is in the way (expected "
+                          f"{'a folder' if folder else 'a file'})")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{option} {out}: {parent} is a file, not a folder")
+            break
 
 
 def _load_backbone(spec: str, device: Optional[str]):
@@ -150,7 +167,7 @@ def fit(
     method: str = typer.Option(..., "--method", "-m", help="Registered method name (see `kshot methods`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the fitted artifact."),
     backbone: str = BackboneOpt,
-    shots: int = typer.Option(16, "--shots", "-k", help="Shots per class."),
+    shots: int = typer.Option(16, "--shots", "-k", min=0, help="Shots per class."),
     seed: int = typer.Option(1, help="Sampling and training seed."),
     shots_file: Optional[Path] = typer.Option(None, help="Use (or, if missing, write) this shots file."),
     layout: str = LayoutOpt,
@@ -171,6 +188,7 @@ def fit(
     from kshot.methods import create
 
     m = create(method, **ex.parse_overrides(overrides or [], method))
+    _check_out(out)
     pool = load_any(data, layout=layout, split=split)
     sel = ex.select_shots(pool, shots, seed, shots_file=shots_file)
     bb = _load_backbone(backbone, device)
@@ -222,7 +240,7 @@ def predict(
     split: str = typer.Option("test", help="Split of DATA to classify."),
     templates: Optional[list[str]] = typer.Option(None, "--template", help="Prompt template(s) with {}; repeat."),
     prompts: Optional[Path] = typer.Option(None, help="Prompt JSON file or folder."),
-    k: int = typer.Option(5, "-k", help="Top-k ids to write."),
+    k: int = typer.Option(5, "-k", min=1, help="Top-k ids to write."),
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="Predictions file: .csv, .json or .parquet "
                              "(path, top-k class names, ids and scores, the run they came from)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="csv | json | parquet (default: from the -o suffix)."),
@@ -243,6 +261,9 @@ def predict(
     from kshot import experiment as ex
     from kshot.data.sources import load_dataset
 
+    _check_out(out, "--out", folder=False)
+    if result_txt is not None:
+        _check_out(result_txt, "--result-txt", folder=False)
     if backend not in ("torch", "jittor"):
         raise KshotError(f"--backend must be torch or jittor, not {backend!r}")
     ds = load_dataset(data, layout=layout, split=split)
