@@ -59,3 +59,27 @@ def test_flat_folder(tmp_path, img):
 def test_flat_folder_without_images(tmp_path):
     with pytest.raises(DataError, match="no image files"):
         read_flat_folder(tmp_path)
+
+
+def test_symlink_loop_adds_no_items(tmp_path, img):
+    img(tmp_path / "a" / "1.jpg")
+    img(tmp_path / "b" / "2.jpg")
+    (tmp_path / "a" / "up").symlink_to(tmp_path)  # a -> root -> a -> ... (os.walk would follow it 40 times)
+    (tmp_path / "b" / "self").symlink_to(tmp_path / "b")
+    ds = read_image_folder(tmp_path)
+    assert [(it.path, it.label) for it in ds.items][-1] == ("b/2.jpg", 1)
+    assert [it.path for it in ds.items if it.label == 1] == ["b/2.jpg"]
+    assert sum(1 for it in ds.items if it.path.endswith("1.jpg")) <= 2  # a/1.jpg, at most once more via up/a
+
+
+def test_non_utf8_file_names_are_left_out_with_a_warning(tmp_path, img, caplog):
+    import os
+
+    img(tmp_path / "a" / "1.jpg")
+    img(tmp_path / "a" / "2.jpg")
+    os.rename(os.fsencode(tmp_path / "a" / "2.jpg"), os.fsencode(tmp_path / "a") + b"/bad\xff name.jpg")
+    ds = read_image_folder(tmp_path)
+    assert [it.path for it in ds.items] == ["a/1.jpg"]
+    assert "not valid UTF-8" in caplog.text
+    flat = read_flat_folder(tmp_path / "a")
+    assert [it.path for it in flat.items] == ["1.jpg"]

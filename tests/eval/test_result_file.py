@@ -69,3 +69,13 @@ def test_predictions_csv_round_trip(tmp_path):
     (tmp_path / "bad.csv").write_text("file,x\n")
     with pytest.raises(DataError):
         Predictions.read_csv(tmp_path / "bad.csv")
+
+
+def test_filename_with_spaces_round_trips(tmp_path):
+    names = ["my photo 1.jpg", "plain.jpg"]
+    d = _test_dir(tmp_path, names)
+    ids = np.array([[1, 2, 3, 4, 5], [5, 4, 3, 2, 1]])
+    path = write_result_txt(tmp_path / "result.txt", [f"TestSetA/{n}" for n in names], ids)
+    rf = read_result_txt(path, num_classes=10, test_dir=d)
+    assert rf.as_dict()["my photo 1.jpg"].tolist() == [1, 2, 3, 4, 5]
+    assert rf.as_dict()["plain.jpg"].tolist() == [5, 4, 3, 2, 1]

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 from kshot.data.dataset import Dataset, Item
 from kshot.data.listfile import clean_name
-from kshot.data.paths import IMAGE_EXTENSIONS, check_unique_names, is_image_name, list_images
+from kshot.data.paths import IMAGE_EXTENSIONS, check_unique_names, is_image_name, list_images, utf8_name
 from kshot.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -25,25 +25,45 @@ OnEmpty = Literal["error", "warn"]
 def class_dirs(root: Path) -> list[str]:
     """Sorted names of the non-hidden sub-directories of `root`."""
     try:
-        return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")
+                      and utf8_name(e.name, root))
     except OSError as e:
         raise DataError(f"cannot list {root}: {e}") from e
+
+
+def _walk(directory: Path, warn: bool = True) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk` following symlinks, each real folder visited once (a symlink loop or a second link to a folder
+    adds no items); hidden folders and folders whose name is not valid UTF-8 are left out (with a warning)."""
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            if warn:
+                log.warning("%s: already read through another link (symlink loop?); skipped", dirpath)
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and utf8_name(d, dirpath, warn))
+        yield dirpath, dirnames, filenames
 
 
 def _images_under(directory: Path) -> list[str]:
     """Image paths under `directory`, relative to it, '/' separated, sorted; hidden files and folders skipped."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for dirpath, _, filenames in _walk(directory):
         rel = os.path.relpath(dirpath, directory)
         prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-        out.extend(prefix + f for f in filenames if not f.startswith(".") and is_image_name(f))
+        out.extend(prefix + f for f in filenames if not f.startswith(".") and is_image_name(f)
+                   and utf8_name(f, dirpath))
     return sorted(out)
 
 
 def _has_image(directory: Path) -> bool:
-    for _, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    for _, _, filenames in _walk(directory, warn=False):
         if any(not f.startswith(".") and is_image_name(f) for f in filenames):
             return True
     return False

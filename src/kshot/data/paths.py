@@ -35,6 +35,18 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def utf8_name(name: str, where: Path | str, warn: bool = True) -> bool:
+    """False (with a warning naming it) for a file name that is not valid UTF-8: Python keeps its bytes as
+    surrogates, which no result file, manifest or cache key can hold; the reader leaves the file out."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        if warn:
+            log.warning("%s: skipping %s: the name is not valid UTF-8 (rename it)", where, ascii(name))
+        return False
+
+
 def normalize_relpath(raw: str, where: str) -> str:
     """Turn a path from a split/list file into a clean relative POSIX path.
 
@@ -127,7 +139,8 @@ def list_images(directory: Path) -> list[str]:
         entries = list(os.scandir(directory))
     except OSError as e:
         raise DataError(f"cannot list {directory}: {e}") from e
-    return sorted(e.name for e in entries if e.is_file() and not e.name.startswith(".") and is_image_name(e.name))
+    return sorted(e.name for e in entries if e.is_file() and not e.name.startswith(".") and is_image_name(e.name)
+                  and utf8_name(e.name, directory))
 
 
 def check_unique_names(names: Iterable[str], where: str) -> None:

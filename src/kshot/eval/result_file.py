@@ -70,7 +70,7 @@ def read_result_txt(path: str | Path, *, num_classes: int | None = None, test_di
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        parts = line.split()
+        parts = line.strip().rsplit(maxsplit=k)  # the ids are the last k fields: a filename may hold spaces
         if len(parts) != k + 1:
             raise DataError(f"{path}:{lineno}: expected '<filename> <{k} class ids>', got {len(parts) - 1} ids")
         name = parts[0]
