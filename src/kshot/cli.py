@@ -270,8 +270,8 @@ def predict(
     if onnx is not None:
         from kshot.deploy.onnx_predict import predict_dataset
 
-        _write_predictions(*predict_dataset(onnx, ds, console.print), ds, k, out, result_txt, fmt,
-                           ds.classnames or None, str(onnx))
+        fs, logits, names = predict_dataset(onnx, ds, console.print)
+        _write_predictions(fs, logits, ds, k, out, result_txt, fmt, names, str(onnx))
         return
     if backend == "jittor":
         fs, logits, names = _predict_jittor(ds, artifact, method, classes, backbone, templates, prompts,
