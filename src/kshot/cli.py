@@ -417,6 +417,8 @@ def score(
     from kshot.eval.predictions import Predictions, read_labels
     from kshot.eval.result_file import read_result_txt
 
+    if json_out is not None:
+        _check_out(json_out, "--json", folder=False)
     as_list = labels.is_file() and (layout in ("list", "listfile") or (layout == "auto"
                                                                         and detect_layout(labels) == "listfile"))
     ds = None if as_list else load_dataset(labels, layout=layout, split=split)
@@ -462,7 +464,7 @@ def eval_(
     prompts: Optional[Path] = typer.Option(None, help="Prompt JSON file or folder."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="method.key=value override; repeat."),
     preset: Optional[str] = typer.Option(None, help="base2new: prompt-learning preset (official | seed000)."),
-    views: int = typer.Option(0, help="base2new: augmented views of the shots to cache and train on."),
+    views: int = typer.Option(0, min=0, help="base2new: augmented views of the shots to cache and train on."),
     no_val: bool = typer.Option(False, "--no-val", help="fewshot: draw no validation split; every method runs with "
                                 "its defaults (CLAP's comparison)."),
     holdout: Optional[float] = typer.Option(None, "--holdout", help="fewshot: hold out this fraction of every class "
@@ -507,7 +509,7 @@ def eval_(
     store = _store(cache, device)
     results = ResultStore(out / "results.jsonl")
     for path in paths:
-        pool = load_any(path, layout=layout, split=train_split)
+        pool = ex.require_labels(load_any(path, layout=layout, split=train_split))
         if holdout is not None:
             from kshot.data.holdout import split_holdout
 

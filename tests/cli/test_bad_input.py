@@ -128,6 +128,11 @@ CASES: list[tuple[list[str], str]] = [
     (["predict", "{W}", "-a", "{ART}", "-o", "{O}/p.csv", "--result-txt", "{FILE}/r.txt"], "{FILE}"),
     (["export", "--backbone", "/nonexistent/clip.pt", "--out", "{O}/c.pkl"], "clip.pt"),
     (["score", "{RESULT}", "--labels", "/nonexistent/labels"], "/nonexistent/labels"),
+    (["fit", "{W}/train/{FIRST}", "-m", "tip_adapter", "-o", "{O}", "-k", "1"], "unlabelled"),  # a flat folder
+    (["eval", "{W}/train/{FIRST}", "-o", "{O}"], "unlabelled"),
+    (["eval", "{W}", "--views", "-1", "-o", "{O}"], "--views"),
+    (["eval", "{W}", "--holdout", "1.5", "-o", "{O}"], "--holdout"),
+    (["score", "{RESULT}", "--labels", "{W}", "--json", "{FILE}/s.json"], "{FILE}"),
     # top level
     (["nosuchverb"], "nosuchverb"),
     (["methods", "extra"], "extra"),
