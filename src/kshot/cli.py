@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kshot.cli_errors import main as run_cli_main
+from kshot.devices import device_option
 from kshot.errors import KshotError
 from kshot.progress import set_quiet
 
@@ -56,7 +57,8 @@ BackboneOpt = typer.Option("toy:clip", "--backbone", "-b",
 LayoutOpt = typer.Option("auto", "--layout", help="Data layout: auto|imagefolder|coop|challenge|list|folder.")
 CacheOpt = typer.Option(None, "--cache", help="Cache folder, as $KSHOT_CACHE (default ~/.cache/kshot): features "
                         "in CACHE/features/.")
-DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available).")
+DeviceOpt = typer.Option(None, "--device", callback=device_option,
+                         help="cpu, cuda, cuda:1 ... (default: CUDA when available).")
 
 
 def _store(cache: Optional[Path], device: Optional[str], batch_size: int = 128, workers: Optional[int] = None, *,
@@ -75,6 +77,21 @@ def _store(cache: Optional[Path], device: Optional[str], batch_size: int = 128, 
                           f"(ExtractConfig fields: {', '.join(sorted(known))})")
     cfg = ExtractConfig(batch_size=batch_size, num_workers=workers, device=device, progress=progress, **extract_options)
     return FeatureStore(features_dir(cache), chunk=chunk or DEFAULT_CHUNK, extract=cfg)
+
+
+def _check_out(out: Path, option: str = "--out", folder: bool = True) -> None:
+    """Refuse an output path that cannot be written before any work starts: `out` (a folder, or with
+    `folder=False` a file) or one of its parents is in the way."""
+    from kshot.errors import ConfigError
+
+    if out.exists() and out.is_dir() != folder:
+        raise ConfigError(f"{option} {out}: {'a file' if folder else 'a folder'} is in the way (expected "
+                          f"{'a folder' if folder else 'a file'})")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{option} {out}: {parent} is a file, not a folder")
+            break
 
 
 def _load_backbone(spec: str, device: Optional[str]):
@@ -155,7 +172,7 @@ def fit(
     method: str = typer.Option(..., "--method", "-m", help="Registered method name (see `kshot methods`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the fitted artifact."),
     backbone: str = BackboneOpt,
-    shots: int = typer.Option(16, "--shots", "-k", help="Shots per class."),
+    shots: int = typer.Option(16, "--shots", "-k", min=0, help="Shots per class."),
     seed: int = typer.Option(1, help="Sampling and training seed."),
     shots_file: Optional[Path] = typer.Option(None, help="Use (or, if missing, write) this shots file."),
     layout: str = LayoutOpt,
@@ -182,6 +199,7 @@ def fit(
     from kshot.methods import create
     from kshot.outputs import RunFolder
 
+    _check_out(out)
     run_dir = RunFolder(out, overwrite=overwrite, marker="task.json", what="`kshot fit` run")
     run_dir.check()  # refuse before any work; the run is written to a staging folder and swapped in at the end
     m = create(method, **ex.parse_overrides(overrides or [], method))
@@ -291,14 +309,17 @@ def predict(
     """
     from kshot import experiment as ex
 
+    _check_out(out, "--out", folder=False)
+    if result_txt is not None:
+        _check_out(result_txt, "--result-txt", folder=False)
     if backend not in ("torch", "jittor"):
         raise KshotError(f"--backend must be torch or jittor, not {backend!r}")
     ds = _read_images(data, layout, split)
     if onnx is not None:
         from kshot.deploy.onnx_predict import predict_dataset
 
-        _write_predictions(*predict_dataset(onnx, ds, console.print), ds, k, out, result_txt, fmt,
-                           ds.classnames or None, str(onnx))
+        fs, logits, names = predict_dataset(onnx, ds, console.print)
+        _write_predictions(fs, logits, ds, k, out, result_txt, fmt, names, str(onnx))
         return
     if backend == "jittor":
         fs, logits, names = _predict_jittor(ds, artifact, method, classes, backbone, templates, prompts,
@@ -465,6 +486,8 @@ def score(
     from kshot.eval.predictions import Predictions, read_labels
     from kshot.eval.result_file import read_result_txt
 
+    if json_out is not None:
+        _check_out(json_out, "--json", folder=False)
     as_list = labels.is_file() and (layout in ("list", "listfile") or (layout == "auto"
                                                                         and detect_layout(labels) == "listfile"))
     try:
@@ -515,7 +538,7 @@ def eval_(
     prompts: Optional[Path] = typer.Option(None, help="Prompt JSON file or folder."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="method.key=value override; repeat."),
     preset: Optional[str] = typer.Option(None, help="base2new: prompt-learning preset (official | seed000)."),
-    views: int = typer.Option(0, help="base2new: augmented views of the shots to cache and train on."),
+    views: int = typer.Option(0, min=0, help="base2new: augmented views of the shots to cache and train on."),
     no_val: bool = typer.Option(False, "--no-val", help="fewshot: draw no validation split; every method runs with "
                                 "its defaults (CLAP's comparison)."),
     holdout: Optional[float] = typer.Option(None, "--holdout", help="fewshot: hold out this fraction of every class "
@@ -567,7 +590,7 @@ def eval_(
     store = _store(cache, device)
     results = ResultStore(out / "results.jsonl")
     for path in paths:
-        pool = load_any(path, layout=layout, split=train_split)
+        pool = ex.require_labels(load_any(path, layout=layout, split=train_split))
         if holdout is not None:
             from kshot.data.holdout import split_holdout
 

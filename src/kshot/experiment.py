@@ -82,13 +82,24 @@ def drawn_indices(labels: np.ndarray, shots: Sequence[int], seeds: Sequence[int]
     return np.unique(np.concatenate(parts))
 
 
+def require_labels(dataset: Dataset, what: str = "the training pool") -> Dataset:
+    """`dataset` if every item has a label and it has classes, else a DataError naming `what` (a flat folder of
+    images read as a training pool)."""
+    if not dataset.classnames or not dataset.has_labels:
+        raise DataError(f"{what} ({dataset.root}) has unlabelled images: a training pool needs labels, e.g. "
+                        "root/<class>/<image> folders, a split file or a '<path> <label>' list")
+    return dataset
+
+
 def select_shots(pool: Dataset, k: int, seed: int, *, k_val: int | None = None, allow_fewer: bool = False,
                  shots_file: str | Path | None = None) -> ShotSelection:
     """K shots per class of a dataset (seeded, or read from an existing shots file) and a validation split.
 
     Raises:
-        DataError: a shots file whose per-class count disagrees with `k` (it would be recorded as K shots).
+        DataError: an unlabelled pool, or a shots file whose per-class count disagrees with `k` (it would be
+            recorded as K shots).
     """
+    require_labels(pool)
     shots = None
     if shots_file is not None and Path(shots_file).is_file():
         shots = np.asarray(read_shots_file(shots_file, pool), dtype=np.int64)

@@ -51,17 +51,17 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths["t_missing"] = _variant(world, root / "t_missing", drop=first)
     paths["t_renamed"] = _variant(world, root / "t_renamed", rename=(first, first + "_renamed"))
     paths["t_recased"] = _variant(world, root / "t_recased", rename=(middle, middle.capitalize()))
-    assert run_cli(app, ["-q", "fit", str(world), "-m", "lpp", "-k", "2", "-o", str(paths["art"]),
+    assert run_cli(app, ["fit", str(world), "-m", "lpp", "-k", "2", "-o", str(paths["art"]),
                          "--cache", str(paths["cache"])]) == 0
     full = root / "full.csv"
-    assert run_cli(app, ["-q", "predict", str(world), "-a", str(paths["art"]), "-o", str(full),
+    assert run_cli(app, ["predict", str(world), "-a", str(paths["art"]), "-o", str(full),
                          "--cache", str(paths["cache"])]) == 0
     paths["full"] = full
     return paths
 
 
 def _eval(toy: dict[str, Path], test: Path, out: Path, capsys: pytest.CaptureFixture) -> dict[str, dict]:
-    status, text = _run(["-q", "eval", str(toy["world"]), "--test", str(test), "--methods", "zeroshot,lpp",
+    status, text = _run(["eval", str(toy["world"]), "--test", str(test), "--methods", "zeroshot,lpp",
                          "--shots", "2", "--seeds", "1", "-o", str(out), "--cache", str(toy["cache"])], capsys)
     assert status == 0, text
     recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -111,7 +111,7 @@ def test_eval_unknown_test_class_is_an_error_naming_it(toy: dict[str, Path], tmp
 def test_predict_and_score_test_missing_a_class(toy: dict[str, Path], tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:
     out, scores = tmp_path / "p.csv", tmp_path / "s.json"
-    status, text = _run(["-q", "predict", str(toy["t_missing"]), "-a", str(toy["art"]), "-o", str(out),
+    status, text = _run(["predict", str(toy["t_missing"]), "-a", str(toy["art"]), "-o", str(out),
                          "--cache", str(toy["cache"])], capsys)
     assert status == 0 and "Traceback" not in text, text
     hits = _correct_by_class(toy)

@@ -9,6 +9,8 @@ from typing import List, Optional
 
 import typer
 
+from kshot.devices import device_option
+
 app = typer.Typer(rich_markup_mode=None, help="PackNet and continual baselines over a task sequence.",
                   no_args_is_help=True,
                   add_completion=False)
@@ -35,7 +37,8 @@ def run(
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="Config override key.path=value (repeatable)."),
     restart: bool = typer.Option(False, "--restart", help="Ignore existing checkpoints and start over."),
     force: bool = typer.Option(False, "--force", help="Resume even though the config changed since the checkpoint."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: the config's)."),
+    device: Optional[str] = typer.Option(None, "--device", callback=device_option,
+                                          help="cpu, cuda, cuda:1 (default: the config's)."),
     verbose: bool = typer.Option(True, "--verbose/--quiet", help="Log every epoch to the console."),
 ) -> None:
     """Train the methods over the sequence (resuming from the last finished phase), then write the report.
@@ -69,7 +72,7 @@ def eval_(
     checkpoint: Path = typer.Argument(..., help="A method's run folder or its checkpoint.json/.safetensors."),
     task: Optional[List[str]] = typer.Option(None, "--task", "-t", help="Task(s) to evaluate (default: all trained)."),
     test_dir: Optional[Path] = typer.Option(None, "--test-dir", help="Other test folder (with a single --task)."),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("cpu", "--device", callback=device_option),
     batch_size: int = typer.Option(128, "--batch-size"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON to this file."),
 ) -> None:

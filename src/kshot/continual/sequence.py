@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from kshot.data.classes import ClassMatch, match_classes
+from kshot.devices import check_device
 from kshot.errors import CheckpointError, ConfigError, DataError
 from kshot.outputs import atomic_write_text
 
@@ -116,9 +117,10 @@ def plan(cfg: ContinualConfig, method: str) -> list[Phase]:
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto` (CUDA when available), else `name` checked (ConfigError for a typo or an absent GPU)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return check_device(name, "device")
 
 
 def phase_seed(seed: int, key: str) -> int:

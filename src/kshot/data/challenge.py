@@ -102,7 +102,8 @@ def pick_classes_file(root: Path, split: str, classes_file: Path | str | None = 
     for name in order:
         if (root / name).is_file():
             return root / name
-    raise DataError(f"{root}: no {' or '.join(CLASS_FILES)}; pass classes_file=")
+    what = "no such folder" if not Path(root).is_dir() else f"no {' or '.join(CLASS_FILES)}"
+    raise DataError(f"{root}: {what} (not a challenge root; name the class file with --classes / classes_file=)")
 
 
 def inferred_domains(raw: Sequence[str]) -> list[str]:

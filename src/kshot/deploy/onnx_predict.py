@@ -102,17 +102,13 @@ class OnnxClassifier:
         return out, skipped
 
 
-def predict_dataset(model: str | Path, dataset: Any, report: Any = log.info) -> tuple[Any, torch.Tensor]:
-    """(FeatureSet of the classified items — labels and paths, no features —, logits [N, C]) for `kshot predict`.
-
-    Raises:
-        ConfigError: the model's classes differ in number from a labelled dataset's.
-    """
+def predict_dataset(model: str | Path, dataset: Any, report: Any = log.info
+                    ) -> tuple[Any, torch.Tensor, list[str]]:
+    """(FeatureSet of the classified items — labels and paths, no features —, logits [N, C], the model's C class
+    names) for `kshot predict`, which scores a labelled dataset against those names (matched by name)."""
     from kshot.features.featureset import FeatureSet
 
     clf = OnnxClassifier.load(model)
-    if dataset.has_labels and dataset.num_classes != len(clf.classnames):
-        raise ConfigError(f"{model} has {len(clf.classnames)} classes but {dataset.root} has {dataset.num_classes}")
     logits, skipped = clf.predict_files([dataset.abspath(i) for i in range(len(dataset))])
     bad = {p for p, _ in skipped}
     keep = [i for i in range(len(dataset)) if str(dataset.abspath(i)) not in bad]
@@ -120,4 +116,4 @@ def predict_dataset(model: str | Path, dataset: Any, report: Any = log.info) -> 
         report(f"skipped {p}: {reason}")
     labels = torch.tensor([-1 if dataset.items[i].label is None else dataset.items[i].label for i in keep])
     fs = FeatureSet(torch.zeros(len(keep), 0), labels.long(), [dataset.items[i].path for i in keep], skipped=skipped)
-    return fs, torch.from_numpy(logits)
+    return fs, torch.from_numpy(logits), list(clf.classnames)

@@ -50,7 +50,8 @@ def check_task(task: Task, *, needs_shots: bool = True, needs_text: bool = True,
         if name != "unlabeled":
             _check_labels(fs, c, name)
     if needs_shots and len(task.train) == 0:
-        raise DataError(f"{method} needs at least one labelled shot (K=0 given); zeroshot and inmap accept K=0")
+        raise DataError(f"{method} needs at least one labelled shot (K=0 shots given; -k/--shots >= 1); zeroshot and "
+                        "inmap accept K=0")
     if needs_shots and not supports_empty_classes:
         empty = classes_without_shots(task)
         if empty:

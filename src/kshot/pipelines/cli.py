@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kshot.devices import device_option
+
 app = typer.Typer(rich_markup_mode=None, add_completion=False, no_args_is_help=True,
                   help="The Jittor challenge (track 1) systems end to end: 4 shots per class -> result.txt.")
 console = Console(stderr=True)
@@ -39,7 +41,8 @@ def challenge(
     test_labels: Path | None = typer.Option(None, help="Hidden test labels (`<path> <label>`, e.g. the toy "
                                                           "replica's test_labels.txt) to score the test folder."),
     cache: Path | None = typer.Option(None, help="Cache folder, as $KSHOT_CACHE (features in CACHE/features/)."),
-    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)."),
+    device: str | None = typer.Option(None, callback=device_option,
+                                     help="cpu, cuda, cuda:1 ... (default: CUDA when available)."),
     batch_size: int = typer.Option(256, help="Images per forward pass when extracting features."),
     workers: int | None = typer.Option(None, help="Image decoding workers (default: automatic)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each stage."),

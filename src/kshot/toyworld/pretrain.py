@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kshot.config import param, validate
 from kshot.errors import ConfigError
 from kshot.safe_load import load_torch_file
 from kshot.toyworld.captions import caption_words
@@ -47,23 +48,22 @@ class PretrainConfig:
         model: tower sizes.
     """
 
-    steps: int = 1750
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    warmup: int = 100
-    grad_clip: float = 1.0
+    steps: int = param(1750, ge=1)
+    batch_size: int = param(128, ge=2)
+    lr: float = param(1e-3, gt=0)
+    weight_decay: float = param(0.1, ge=0)
+    betas: tuple[float, float] = param((0.9, 0.98), ge=0, lt=1)
+    eps: float = param(1e-6, gt=0)
+    warmup: int = param(100, ge=0)
+    grad_clip: float = param(1.0, gt=0)
     seed: int = 0
-    threads: int = 1
-    checkpoint_every: int = 0
+    threads: int = param(1, ge=1)
+    checkpoint_every: int = param(0, ge=0)
     checkpoint_dir: str | None = None
     model: ToyClipCfg = field(default_factory=ToyClipCfg)
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 2:
-            raise ConfigError(f"pretraining needs steps >= 1 and batch_size >= 2, got {self.steps}, {self.batch_size}")
+        validate(self)  # ConfigError naming the field, the value and its range
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ConfigError("checkpoint_every > 0 needs checkpoint_dir")
 

@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from kshot.devices import device_option
 from kshot.errors import CheckpointError, ConfigError
 
 app = typer.Typer(rich_markup_mode=None, add_completion=False, no_args_is_help=True,
@@ -52,7 +53,7 @@ def merge_run(run: Path, out: Path, device: str = "cpu") -> Path:
 def merge(
     run: Path = typer.Argument(..., help="Folder written by `kshot fit -m clip_lora`."),
     out: Path = typer.Option(..., "--out", "-o", help="Merged checkpoint (.safetensors)."),
-    device: Optional[str] = typer.Option("cpu", "--device", help="Device for loading the base backbone."),
+    device: Optional[str] = typer.Option("cpu", "--device", callback=device_option, help="Device for loading the base backbone."),
 ) -> None:
     """Merge a run's LoRA adapters into its base backbone and write a plain checkpoint.
 

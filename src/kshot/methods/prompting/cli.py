@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import typer
 
+from kshot.devices import device_option
 from kshot.errors import KshotError
 from kshot.outputs import atomic_write_text
 
@@ -147,7 +148,7 @@ def explain(
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Backbone spec (default: the artifact's)."),
     topk: int = typer.Option(5, "--topk", min=1, help="Nearest vocabulary words per learned vector."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the explanation as JSON."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ..."),
+    device: Optional[str] = typer.Option(None, "--device", callback=device_option, help="cpu, cuda, ..."),
 ) -> None:
     """Nearest vocabulary words of each learned context vector (and ATPrompt's attributes and search weights).
 
@@ -178,7 +179,7 @@ def search(
     layout: str = typer.Option("auto", help="Data layout."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ..."),
+    device: Optional[str] = typer.Option(None, "--device", callback=device_option, help="cpu, cuda, ..."),
 ) -> None:
     """ATPrompt's differentiable attribute search over the words in --candidates; prints the weights.
 
