@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 from kshot.data.dataset import Dataset, Item
 from kshot.data.listfile import clean_name
