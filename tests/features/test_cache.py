@@ -125,6 +125,42 @@ def test_policy_validation():
         AugmentPolicy("tip", 0)
 
 
+def test_two_threads_filling_one_entry_compute_it_once_and_agree(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    ds, bb = _dataset(tmp_path), tiny_backbone()
+    calls, real = [], cache_mod.extract_features
+
+    def slow(*a, **k):  # widen the window in which a second thread would race the first
+        calls.append(threading.get_ident())
+        time.sleep(0.2)
+        return real(*a, **k)
+
+    monkeypatch.setattr(cache_mod, "extract_features", slow)
+    out, errors = {}, []
+
+    def fill(i):
+        try:
+            store = FeatureStore(tmp_path / "cache", chunk=4,
+                                 extract=ExtractConfig(batch_size=2, num_workers=0, progress=False))
+            out[i] = (store.get(bb, ds), store.last_hit)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=fill, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert len(set(calls)) == 1 and len(calls) == 2  # one thread computed both parts; the other read the join
+    assert sorted(hit for _, hit in out.values()) == [False, True]
+    torch.testing.assert_close(out[0][0].features, out[1][0].features)
+    entry = next((tmp_path / "cache").iterdir())
+    assert sorted(p.name for p in entry.iterdir()) == ["features.safetensors", "manifest.json"]
+
+
 # ------------------------------------------------------------------------- nothing taken on trust, one writer
 
 
@@ -244,8 +280,8 @@ def test_two_concurrent_extracts_into_one_entry_finish_and_agree(tmp_path):
     t0 = time.time()
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
-    outs = [p.communicate(timeout=180) for p in procs]
-    assert time.time() - t0 < 180
+    outs = [p.communicate(timeout=600) for p in procs]  # the reported hang: > 120 s of 2 s of work
+    assert time.time() - t0 < 600
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
         assert "Traceback" not in err
