@@ -273,6 +273,11 @@ def write_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] 
         raise err from e
 
 
+def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write a safetensors file atomically (see `atomic_write`, `write_safetensors`)."""
+    return atomic_write(path, lambda tmp: write_safetensors(tensors, tmp, metadata))
+
+
 def save_figure(fig: object, path: str | Path, **kwargs: object) -> Path:
     """`fig.savefig` (a matplotlib figure) to `path` atomically; the format comes from the suffix (default png)."""
     path = Path(path)

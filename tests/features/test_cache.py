@@ -125,42 +125,6 @@ def test_policy_validation():
         AugmentPolicy("tip", 0)
 
 
-def test_two_threads_filling_one_entry_compute_it_once_and_agree(tmp_path, monkeypatch):
-    import threading
-    import time
-
-    ds, bb = _dataset(tmp_path), tiny_backbone()
-    calls, real = [], cache_mod.extract_features
-
-    def slow(*a, **k):  # widen the window in which a second thread would race the first
-        calls.append(threading.get_ident())
-        time.sleep(0.2)
-        return real(*a, **k)
-
-    monkeypatch.setattr(cache_mod, "extract_features", slow)
-    out, errors = {}, []
-
-    def fill(i):
-        try:
-            store = FeatureStore(tmp_path / "cache", chunk=4,
-                                 extract=ExtractConfig(batch_size=2, num_workers=0, progress=False))
-            out[i] = (store.get(bb, ds), store.last_hit)
-        except Exception as e:  # reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=fill, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-    assert len(set(calls)) == 1 and len(calls) == 2  # one thread computed both parts; the other read the join
-    assert sorted(hit for _, hit in out.values()) == [False, True]
-    torch.testing.assert_close(out[0][0].features, out[1][0].features)
-    entry = next((tmp_path / "cache").iterdir())
-    assert sorted(p.name for p in entry.iterdir()) == ["features.safetensors", "manifest.json"]
-
-
 # ------------------------------------------------------------------------- nothing taken on trust, one writer
 
 

@@ -24,6 +24,7 @@ from kshot.eval.paper import paper_rows, write_tables
 from kshot.eval.base2new import DEFAULT_METHODS as BASE2NEW_METHODS
 from kshot.eval.base2new import markdown_table as base2new_table
 from kshot.eval.report import plot_curves
+from kshot.outputs import atomic_write_text
 from kshot.methods.prompting.cli import run_base2new
 from kshot.features import FeatureStore, default_cache_dir
 from kshot.toyworld.export import export_world
@@ -85,7 +86,7 @@ def bench(
                                device=device, progress=console.print)
             recs += res["records"]
         table = base2new_table(recs)
-        (out / "table_base2new.md").write_text(table)
+        atomic_write_text(out / "table_base2new.md", table)
         Console().print(table)
         console.print(f"results in {out}: table_base2new.md")
         return

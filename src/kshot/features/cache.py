@@ -15,9 +15,6 @@ Layout of one entry `<root>/<key>/`:
     part and the skipped images.
 The parts are deleted once the manifest is written.
 
-Within one process `get` holds a per-entry lock (two threads asking for one entry compute it once; the second reads
-the joined result) and temp files carry the thread id, so threads never write or delete each other's files.
-
 Nothing is taken on trust: a part's and the joined file's content hash is checked when they are read, and so is the
 joined file's header (entry key, backbone fingerprint, format), so hand-edited values or a file copied in from
 another entry are recomputed with a warning, never used. One process fills an entry at a time (a `flock` on the entry
@@ -36,7 +33,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,21 +74,11 @@ def cache_key(backbone: Backbone, dataset: Dataset, policy: AugmentPolicy) -> tu
     return key, fields
 
 
-TMP_MARK = ".tmp-"  # temp files of an entry: `<name>.tmp-<host>-<pid>-<thread>` (host too: ranks share the folder)
-
-_ENTRY_LOCKS: dict[Path, threading.Lock] = {}
-_ENTRY_LOCKS_GUARD = threading.Lock()
-
-
-def _entry_lock(entry: Path) -> threading.Lock:
-    """The process-wide lock of one cache entry folder (threads of one process fill an entry one at a time)."""
-    with _ENTRY_LOCKS_GUARD:
-        return _ENTRY_LOCKS.setdefault(entry.resolve(), threading.Lock())
+TMP_MARK = ".tmp-"  # temporary files of an entry: `<name>.tmp-<host>-<pid>` (host too: ranks share the folder)
 
 
 def _tmp_path(path: Path) -> Path:
-    """A temp name unique to this host, process and thread."""
-    return path.parent / f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
+    return path.parent / f"{path.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}"
 
 
 def _atomic(path: Path, write: Any) -> None:
@@ -257,19 +243,18 @@ class FeatureStore:
         key, fields = cache_key(backbone, dataset, policy)
         entry = self.root / key
         self.last_computed, self.last_parts = [], 0
-        with _entry_lock(entry):
-            if shard.world > 1:
-                return self._get(backbone, dataset, policy, name, shard, key, fields, entry)
-            entry.mkdir(parents=True, exist_ok=True)
-            # One process per entry at a time: another `kshot extract` of the same entry waits, then reuses it.
-            with dir_lock(entry, lambda: log.warning("waiting for another process filling the cache entry %s",
-                                                     entry)):
-                for stale in entry.glob(f"*{TMP_MARK}*"):  # temp files of killed processes (we hold both locks)
-                    stale.unlink(missing_ok=True)
-                return self._get(backbone, dataset, policy, name, shard, key, fields, entry)
+        if shard.world > 1:
+            return self._get(backbone, dataset, policy, name, shard, key, fields)
+        entry.mkdir(parents=True, exist_ok=True)
+        # One process per entry at a time: a second `kshot extract` of the same entry waits, then reuses the result.
+        with dir_lock(entry, lambda: log.warning("waiting for another process filling the cache entry %s", entry)):
+            for stale in entry.glob(f"*{TMP_MARK}*"):  # temporary files of killed processes (we hold the lock)
+                stale.unlink(missing_ok=True)
+            return self._get(backbone, dataset, policy, name, shard, key, fields)
 
     def _get(self, backbone: Backbone, dataset: Dataset, policy: AugmentPolicy, name: str, shard: Shard, key: str,
-             fields: dict[str, Any], entry: Path) -> FeatureSet:
+             fields: dict[str, Any]) -> FeatureSet:
+        entry = self.root / key
         if (entry / "manifest.json").is_file():
             fs = self._load_entry(entry, key, backbone.fingerprint, dataset, repair=shard.rank == 0)
             if fs is not None:

@@ -21,7 +21,7 @@ from torch import nn
 from kshot.config import replace as config_replace
 from kshot.errors import CheckpointError, ConfigError, ExportError
 from kshot.features.featureset import FeatureSet
-from kshot.outputs import atomic_write, atomic_write_text
+from kshot.outputs import atomic_write_text, save_safetensors
 from kshot.registry import Registry
 
 METHODS: Registry[type["Method"]] = Registry("method")
@@ -152,13 +152,11 @@ class Method(ABC):
 
     def save(self, path: str | Path) -> Path:
         """Write `<path>/method.json` (name, config, fitted meta) and `<path>/state.safetensors`."""
-        from safetensors.torch import save_file
-
         self._check_fitted()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write(path / "state.safetensors", lambda tmp: save_file(state, str(tmp)))
+        save_safetensors(state, path / "state.safetensors")
         doc = {
             "kshot_artifact": ARTIFACT_VERSION,
             "method": self.name,
