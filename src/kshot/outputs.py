@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -43,13 +44,26 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_sibling(path)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except Exception as e:
+            raise as_os_error(e, tmp) from e
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def as_os_error(e: Exception, path: str | Path) -> Exception:
+    """A library's I/O error as the `OSError` it wraps (errno and file named), else `e` itself: safetensors reports a
+    full disk or a file-size limit as `SafetensorError('... I/O error: File too large (os error 27)')`."""
+    m = re.search(r"os error (\d+)", str(e)) if type(e).__name__ == "SafetensorError" else None
+    if m is None:
+        return e
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -246,21 +260,17 @@ class dir_lock:
 
 
 def write_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """`safetensors.torch.save_file` (not atomic by itself), with its I/O errors raised as `OSError` (errno and file
-    named), so a full disk or a file-size limit is a one-line error like any other write."""
-    import re
-
-    from safetensors import SafetensorError
+    """`safetensors.torch.save_file` (not atomic by itself), with its I/O errors raised as `OSError` (see
+    `as_os_error`), so a full disk or a file-size limit is a one-line error like any other write."""
     from safetensors.torch import save_file
 
     try:
         save_file(tensors, str(path), metadata=metadata)
-    except SafetensorError as e:
-        m = re.search(r"os error (\d+)", str(e))
-        if m is None:
+    except Exception as e:
+        err = as_os_error(e, path)
+        if err is e:
             raise
-        code = int(m.group(1))
-        raise OSError(code, os.strerror(code), str(path)) from e
+        raise err from e
 
 
 def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> Path:

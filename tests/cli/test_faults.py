@@ -91,12 +91,15 @@ def temporaries(*folders: Path) -> list[str]:
     return sorted(bad)
 
 
-def check_kill_and_rerun(tmp_path: Path, name: str, argv_for, out_of, skip: tuple[str, ...] = ()) -> None:
+def check_kill_and_rerun(tmp_path: Path, name: str, argv_for, out_of, skip: tuple[str, ...] = (),
+                         rerun_extra: tuple[str, ...] = ()) -> None:
     """Reference run, then KILLS seeded kill points each followed by a rerun, compared with the reference.
 
     Args:
         argv_for: (output folder, cache folder) -> argv.
         out_of: output folder -> the folder whose files are compared.
+        rerun_extra: options of the rerun (`--overwrite` for commands that refuse to replace a finished run: a kill
+            after the swap, while the command prints its summary, leaves a finished run).
     """
     ref_out, ref_cache = tmp_path / "ref" / name, tmp_path / "ref" / "cache"
     status, t_ref = run(argv_for(ref_out, ref_cache))
@@ -109,7 +112,7 @@ def check_kill_and_rerun(tmp_path: Path, name: str, argv_for, out_of, skip: tupl
         at = rng.uniform(0.2, 0.85) * t_ref
         if kill_after(argv_for(out, cache), at):
             killed += 1
-            status, _ = run(argv_for(out, cache))
+            status, _ = run([*argv_for(out, cache), *rerun_extra])
             assert status == 0, f"{name}: rerun after kill -9 at {at:.2f} s failed"
         got = files(out_of(out), skip, out)
         assert got.keys() == ref.keys(), f"{name} killed at {at:.2f} s"
@@ -135,7 +138,7 @@ def test_fit_of_a_trained_method_killed_then_rerun(world, tmp_path):
         return ["-q", "fit", str(world["W"]), "-m", "tip_adapter_f", "-k", "2", "--seed", "3", "-o", str(out),
                 "--cache", str(cache), "--device", "cpu", "--set", "epochs=6"]
 
-    check_kill_and_rerun(tmp_path, "art", argv, lambda out: out)
+    check_kill_and_rerun(tmp_path, "art", argv, lambda out: out, rerun_extra=("--overwrite",))
 
 
 def test_eval_sweep_killed_then_resumed(world, tmp_path):
@@ -152,7 +155,7 @@ def test_challenge_run_killed_then_rerun(world, tmp_path):
         return ["challenge", "run", str(world["CH"]), "-c", "baseline_zeroshot", "--set", "backbones.vit=toy:clip",
                 "-o", str(out), "--cache", str(cache), "--device", "cpu", "--workers", "0"]
 
-    check_kill_and_rerun(tmp_path, "run", argv, lambda out: out, skip=("report.md",))
+    check_kill_and_rerun(tmp_path, "run", argv, lambda out: out, skip=("report.md",), rerun_extra=("--overwrite",))
 
 
 def test_continual_run_killed_then_resumed(tmp_path):
