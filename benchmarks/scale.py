@@ -312,7 +312,7 @@ def main() -> None:
 def fit_ratio(fit_s: float, literal: str) -> str:
     """kshot's fit time over the literal loop's table cell ("—" without a positive literal time)."""
     lit = float(literal.lstrip("~")) if literal[-1:].isdigit() else 0.0
-    return f"{fit_s / lit:.3f}" if lit > 0 else "—"
+    return f"{fit_s / lit:.2g}" if lit > 0 else "—"
 
 
 def protocol_estimate(fit_seconds: dict[tuple[str, int], float], names: list[str], shots: list[int]) -> str:
