@@ -3,6 +3,7 @@
     python benchmarks/scale.py                  # 1000 classes x 1/4/16 shots, 4 val/class, 50k test, dim 512
     python benchmarks/scale.py --quick          # a small smoke run (seconds)
     python benchmarks/scale.py --out scale.md   # also write the markdown table
+    python benchmarks/scale.py --threads 1 --clock process   # CPU seconds: robust on a shared machine
 
 **The synthetic set** (`synthetic_imagenet`) is built to be as hard as ImageNet for CLIP ViT-B, not trivially
 separable: class means share a rank-32 subspace (95 % of their energy), every image adds isotropic noise and a
@@ -219,7 +220,8 @@ def class_subset(task: Task, test: FeatureSet, fraction: float) -> tuple[Task, F
                 text_weights=task.text_weights[:keep], logit_scale=task.logit_scale), cut(test)
 
 
-SEARCHES = {"tip_adapter": (False, 3.0), "ape": (True, 7.0), "ape_t": (False, 7.0), "track1": (True, 7.0)}  # method -> (γ grid, α scale) of the official search after fit/training
+# method -> (γ grid, α scale) of the official search after fit/training
+SEARCHES = {"tip_adapter": (False, 3.0), "ape": (True, 7.0), "ape_t": (False, 7.0), "track1": (True, 7.0)}
 
 
 def literal_time(name: str, task: Task, test: FeatureSet, big: bool, max_cells: int = 400,
@@ -310,7 +312,7 @@ def main() -> None:
 def fit_ratio(fit_s: float, literal: str) -> str:
     """kshot's fit time over the literal loop's table cell ("—" without a positive literal time)."""
     lit = float(literal.lstrip("~")) if literal[-1:].isdigit() else 0.0
-    return f"{fit_s / lit:.3f}" if lit > 0 else "—"
+    return f"{fit_s / lit:.2g}" if lit > 0 else "—"
 
 
 def protocol_estimate(fit_seconds: dict[tuple[str, int], float], names: list[str], shots: list[int]) -> str:
