@@ -212,7 +212,7 @@ def test_artifact_keeps_every_trainable_tensor_and_init_continues_from_it(world,
         for i, t in enumerate(texts):
             w, b = a.trainable_[f"params.couple.{i}.weight"], a.trainable_[f"params.couple.{i}.bias"]
             torch.testing.assert_close(t @ w.T + b, a.prompts_[f"visual.{i}"])
-    res = r.invoke(app, ["prompts", "explain", str(tmp_path / "a"), "-k", "2"])  # per layer, from the CLI
+    res = r.invoke(app, ["prompts", "explain", str(tmp_path / "a"), "--topk", "2"])  # per layer, from the CLI
     assert res.exit_code == 0 and all(f"[{g}]" in res.output for g in ("ctx", "text_layer1", "text_layer2")), res.output
     a.attach_backbone(bb)
     feats = _features(a.tuned_backbone(), test)
