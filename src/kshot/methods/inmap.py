@@ -20,6 +20,8 @@ kshot additions:
   Seed 004 also used τ_i = 1, 20 proxy iterations, 100 Sinkhorn iterations and α = 1 (no sharpening); these are
   config values. Its first scores multiply by the text classifier softmaxed over the class axis, a quirk not copied.
 - Sinkhorn runs in float64 so that softmax(·/0.01) does not underflow to an all-zero class column.
+- The proxy steps stop once the halved step provably cannot move a proxy by more than `tol` (1e-7 in cosine);
+  the official arithmetic is kept operation for operation, since 2000 steps amplify any rounding change.
 The validation split is not used (InMaP has no tuned parameter in its code).
 """
 
