@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from kshot.errors import ConfigError, DataError, KshotError
 from kshot.methods import create, load
-from kshot.methods.inmap import sharpen, sinkhorn_labels
+from kshot.methods.inmap import fit_proxies, sharpen, sinkhorn_labels
 from tests.methods.conftest_lpheads import accuracy, bad_tasks, make_task, tiny_task
 
 
@@ -83,6 +83,53 @@ def test_parity_with_official_algorithm():
     ref = _official_image_opt(x, w, plabel, lr=10, iters=300, tau_i=0.04, alpha=0.6)
     assert torch.allclose(m.proxies_, ref.T, atol=1e-4)
     assert torch.allclose(m.logits(x), task.logit_scale * x @ ref, atol=1e-2)  # scale 100 × 1e-4
+
+
+def _literal_row_loop(x, init, targets, lr=10.0, iters=2000, tau_i=0.04):
+    """The official proxy loop in kshot's [C, D] layout, every iteration run (kshot's loop before early stopping)."""
+    n, base, proxies = x.shape[0], targets.T @ x, init.clone()
+    step, prev_norm = torch.tensor(lr), torch.tensor(float("inf"))
+    for _ in range(iters):
+        prob = torch.softmax(x @ proxies.T / tau_i, dim=1)
+        grad = prob.T @ x - base
+        norm = torch.linalg.vector_norm(grad)
+        step = torch.where(norm > prev_norm, step / 2.0, step)
+        prev_norm = norm
+        proxies = F.normalize(proxies - (step / (n * tau_i)) * grad, dim=1)
+    return proxies
+
+
+def _shared_subspace_features(classes=50, dim=64, shots=4, n=1000, rank=32, seed=0):
+    """benchmarks/scale.py's recipe, small: class means in a shared rank-32 subspace, confusable noise in it, and
+    labelled shots (one-hot targets). Here the official step keeps halving until it can no longer move a proxy."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(dim, rank, generator=g))[0].T
+    low = F.normalize(torch.randn(classes, rank, generator=g) @ basis, dim=-1)
+    means = F.normalize(0.95**0.5 * low + 0.05**0.5 * F.normalize(torch.randn(classes, dim, generator=g), dim=-1),
+                        dim=-1)
+
+    def draw(y):
+        iso = F.normalize(torch.randn(len(y), dim, generator=g), dim=-1)
+        confusable = F.normalize(torch.randn(len(y), rank, generator=g) @ basis, dim=-1)
+        return F.normalize(means[y] + iso + 1.25 * confusable, dim=-1)
+
+    text = F.normalize(means + 0.5 * F.normalize(torch.randn(classes, rank, generator=g) @ basis, dim=-1), dim=-1)
+    y_s = torch.arange(classes).repeat_interleave(shots)
+    x_s = draw(y_s)
+    draw(torch.arange(classes).repeat_interleave(4))  # the recipe's validation draw, kept for its random stream
+    x_u = draw(torch.randint(0, classes, (n,), generator=g))
+    targets = torch.cat([sharpen(sinkhorn_labels(x_u @ text.T, 0.01, 0.0, 20), 0.6), F.one_hot(y_s, classes).float()])
+    return torch.cat([x_u, x_s]), text, targets
+
+
+@pytest.mark.parametrize("tol", [0.0, 1e-7])
+def test_early_stop_changes_no_bit(tol, caplog):
+    """Once the halved step cannot move a proxy the gradient steps stop; the proxies are the full loop's, exactly."""
+    x, text, targets = _shared_subspace_features()
+    with caplog.at_level(logging.DEBUG, logger="kshot.methods.inmap"):
+        ours = fit_proxies(x, text, targets, lr=10.0, iters=2000, tau_i=0.04, tol=tol)
+    assert "gradient steps stop after" in caplog.text  # the shortcut was taken
+    assert torch.equal(ours, _literal_row_loop(x, text, targets))
 
 
 def test_beats_zero_shot_on_unlabelled_data():

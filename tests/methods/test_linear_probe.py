@@ -47,6 +47,18 @@ def test_torch_solver_matches_sklearn(num_classes, C):
         assert torch.allclose(w, torch.from_numpy(ref.coef_).float(), atol=1e-3 * max(1.0, float(w.abs().max())))
 
 
+@pytest.mark.parametrize("num_classes", [2, 5])
+def test_mixed_precision_solver_reaches_the_float64_optimum(num_classes):
+    """dtype="mixed" (float32 matmuls, closed-form gradient) converges to the float64 solution."""
+    x, y = _separable_ish(num_classes)
+    w64, b64 = fit_logistic(x, y, num_classes, 1.0, solver="torch", tol=1e-8, dtype="float64")
+    w, b = fit_logistic(x, y, num_classes, 1.0, solver="torch", tol=1e-8, dtype="mixed")
+    # float32 products limit it to ~1e-5 in the probabilities (the float64 path reaches 1e-9)
+    assert torch.allclose(torch.softmax(x @ w.T + b, 1), torch.softmax(x @ w64.T + b64, 1), atol=1e-4)
+    with pytest.raises(ConfigError, match="dtype"):
+        fit_logistic(x, y, num_classes, 1.0, solver="torch", dtype="half")
+
+
 def test_torch_objective_is_sklearns():
     """At the torch optimum, the gradient of the literal sklearn objective (mean CE + ||W||²/(2CN)) vanishes."""
     x, y = _separable_ish(4)

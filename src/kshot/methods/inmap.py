@@ -20,6 +20,8 @@ kshot additions:
   Seed 004 also used τ_i = 1, 20 proxy iterations, 100 Sinkhorn iterations and α = 1 (no sharpening); these are
   config values. Its first scores multiply by the text classifier softmaxed over the class axis, a quirk not copied.
 - Sinkhorn runs in float64 so that softmax(·/0.01) does not underflow to an all-zero class column.
+- The proxy steps stop once the halved step provably cannot move a proxy by more than `tol` (1e-7 in cosine);
+  the official arithmetic is kept operation for operation, since 2000 steps amplify any rounding change.
 The validation split is not used (InMaP has no tuned parameter in its code).
 """
 
@@ -51,6 +53,8 @@ class InMaPConfig:
         gamma: class-mass exponent in Sinkhorn, 0 = uniform (`--gamma 0`).
         lr: initial proxy step (`--lr 10`), scaled by 1 / (n · τ_i) and halved when the gradient norm grows.
         iters: proxy gradient steps (`--iters_proxy 2000`).
+        tol: stop the gradient steps once the iterations left provably could not move any cosine logit by more
+            than this (`fit_proxies`); 0 stops only when the step has underflowed to 0 (bit-exact).
         sinkhorn_iters: Sinkhorn iterations (`--iters_sinkhorn 20`); 0 skips Sinkhorn (plain softmax labels).
         label_source: "text" (official: Sinkhorn on X Wᵀ) or "proxy" (seed 004: Sinkhorn on a first proxy fit).
         use_shots: add labelled shots to X with their one-hot labels fixed in P.
@@ -62,6 +66,7 @@ class InMaPConfig:
     gamma: float = param(0.0, ge=0)
     lr: float = param(10.0, gt=0)
     iters: int = param(2000, ge=0)
+    tol: float = param(1e-7, ge=0)
     sinkhorn_iters: int = param(20, ge=0)
     label_source: str = "text"
     use_shots: bool = True
@@ -95,11 +100,17 @@ def sharpen(p: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def fit_proxies(x: torch.Tensor, init: torch.Tensor, targets: torch.Tensor, *, lr: float, iters: int,
-                tau_i: float) -> torch.Tensor:
+                tau_i: float, tol: float = 0.0) -> torch.Tensor:
     """Gradient descent of CE(softmax(x Vᵀ / τ_i), targets) from V = init.
 
+    The step only ever halves, and one step moves a proxy by at most 4 · step · max||x|| / τ_i (‖Pᵀx − base‖ per
+    class is at most 2n · max||x||). Once the iterations left, at that bound, could not change any cosine x·V_c
+    (|x| = 1) by more than `tol`, the gradient steps stop and the iterations left only renormalise V, as the
+    official loop does when its step is 0. With tol = 0 that happens only once the step has underflowed to 0, when
+    the official loop's remaining iterations are exactly that renormalisation.
+
     Args:
-        x: features [n, D]; init: proxies [C, D]; targets: soft labels [n, C].
+        x: features [n, D]; init: proxies [C, D]; targets: soft labels [n, C]; tol: see above (cosine units).
 
     Returns:
         V [C, D] with unit rows.
@@ -107,11 +118,25 @@ def fit_proxies(x: torch.Tensor, init: torch.Tensor, targets: torch.Tensor, *, l
     n = x.shape[0]
     base = targets.T @ x  # [C, D]
     proxies = init.clone()
-    # lr and the previous gradient norm stay on the device: no host sync per iteration.
+    x_max = float(torch.linalg.vector_norm(x, dim=1).max()) if n else 0.0
+    # the step is a float32 tensor as in the official loop (it underflows to 0 after ~150 halvings)
     step = torch.tensor(lr, dtype=x.dtype, device=x.device)
     prev_norm = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
-    for _ in range(iters):
-        prob = torch.softmax(x @ proxies.T / tau_i, dim=1)
+    scores = x.new_empty(n, init.shape[0])  # one [n, C] buffer for x Vᵀ / τ_i, reused by every iteration
+    for it in range(iters):
+        # checked every 10 iterations: reading the step is a host sync on a GPU
+        if it % 10 == 0 and (iters - it) * 4.0 * float(step) * x_max / tau_i <= tol:
+            log.debug("inmap: step %.3g leaves the proxies where they are; gradient steps stop after %d of %d",
+                      float(step), it, iters)
+            for _ in range(iters - it):  # step ≈ 0: V − step·grad = V; what is left is the renormalisation
+                renormed = F.normalize(proxies, dim=1)
+                if torch.equal(renormed, proxies):  # a fixed point of the renormalisation
+                    break
+                proxies = renormed
+            break
+        # The official arithmetic, operation for operation: 2000 steps amplify any rounding change (even
+        # `* (1 / τ_i)` for `/ τ_i`) to ~1e-3 relative in the logits.
+        prob = torch.softmax(torch.mm(x, proxies.T, out=scores).div_(tau_i), dim=1)
         grad = prob.T @ x - base
         norm = torch.linalg.vector_norm(grad)
         step = torch.where(norm > prev_norm, step / 2.0, step)
@@ -155,7 +180,8 @@ class InMaP(Method):
             soft = (sinkhorn_labels(scores, cfg.tau_t, cfg.gamma, cfg.sinkhorn_iters) if sinkhorn
                     else torch.softmax(scores / cfg.tau_t, dim=1))
             targets = torch.cat([sharpen(soft, cfg.alpha), y_s])
-            return fit_proxies(x, text, targets, lr=cfg.lr, iters=cfg.iters, tau_i=cfg.tau_i)
+            return fit_proxies(x, text, targets, lr=cfg.lr, iters=cfg.iters, tau_i=cfg.tau_i,
+                               tol=cfg.tol)
 
         use_sinkhorn = cfg.sinkhorn_iters > 0 and len(x_u) > 0
         if cfg.label_source == "proxy":

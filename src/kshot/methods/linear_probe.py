@@ -70,8 +70,9 @@ class LinearProbeConfig:
         default_C: C used when there is no validation split (scikit-learn's default C=1.0).
         max_iter: L-BFGS iterations per fit (lpclip: 1000).
         tol: stop when max|gradient| <= tol (scikit-learn's default 1e-4, same meaning in both solvers).
-        dtype: torch solver precision: "float64", "float32", or "auto" (float64 on CPU, float32 on GPUs, where
-            float64 is slow on consumer cards).
+        dtype: torch solver precision: "float64", "float32", "mixed" (float64 parameters and loss, float32
+            matmuls: faster on CPU, not bit-identical), or "auto" (float64 on CPU, float32 on GPUs, where float64 is
+            slow on consumer cards).
         use_aug_views: also train on the augmented views of the shots (lpclip: no, test transform only).
         val_per_class: "lpclip" (validate on lpclip's per-class subsample of `task.val`, see the module docstring)
             or "all" (the whole validation split).
@@ -139,39 +140,65 @@ def fit_logistic(
     return w.float().to(x.device), b.float().to(x.device)
 
 
-def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+def _resolve_dtype(name: str, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
+    """(parameter/L-BFGS dtype, matmul dtype) of a `dtype` setting."""
     if name == "auto":
-        return torch.float64 if device.type == "cpu" else torch.float32
+        name = "float64" if device.type == "cpu" else "float32"
+    if name == "mixed":
+        return torch.float64, torch.float32
     if name not in ("float32", "float64"):
-        raise ConfigError(f"linear_probe: dtype must be 'auto', 'float32' or 'float64', got {name!r}")
-    return getattr(torch, name)
+        raise ConfigError(f"linear_probe: dtype must be 'auto', 'mixed', 'float32' or 'float64', got {name!r}")
+    return getattr(torch, name), getattr(torch, name)
 
 
 def _fit_torch(x: torch.Tensor, y: torch.Tensor, num_classes: int, C: float, *, max_iter: int, tol: float,
-               dtype: torch.dtype, init: tuple[torch.Tensor, torch.Tensor] | None = None
+               dtype: tuple[torch.dtype, torch.dtype], init: tuple[torch.Tensor, torch.Tensor] | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    x = x.to(dtype)
+    """L-BFGS on the objective of the module docstring; dtype = (parameters, matmuls).
+
+    One precision: autograd through `F.cross_entropy`. Mixed ("mixed": float64 parameters, float32 matmuls): the
+    closed-form gradient, the loss summed and the gradient kept in float64, the two [N, D] x [D, C] products per
+    evaluation in float32 (half their CPU cost). The stopping point of a weakly regularised fit (large C on
+    separable shots) depends on the rounding, so "mixed" is opt-in.
+    """
+    dtype, mm = dtype
     n, d = x.shape
+    xm = x.to(mm).contiguous()
     if init is None:
-        w = torch.zeros(num_classes, d, dtype=dtype, device=x.device, requires_grad=True)
-        b = torch.zeros(num_classes, dtype=dtype, device=x.device, requires_grad=True)
+        w = torch.zeros(num_classes, d, dtype=dtype, device=x.device)
+        b = torch.zeros(num_classes, dtype=dtype, device=x.device)
     else:
-        w = init[0].to(x.device, dtype).clone().requires_grad_(True)
-        b = init[1].to(x.device, dtype).clone().requires_grad_(True)
+        w = init[0].to(x.device, dtype).clone()
+        b = init[1].to(x.device, dtype).clone()
+    mixed = mm != dtype
+    w.requires_grad_(not mixed)
+    b.requires_grad_(not mixed)
     # Two classes: scikit-learn's binary model penalises ||w₁ − w₂||²; the symmetric optimum has w₂ = −w₁, so the
     # same solution needs twice the penalty on the two rows.
     reg = (2.0 if num_classes == 2 else 1.0) / (C * n)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, max_eval=max(15000, 2 * max_iter),
                             tolerance_grad=tol / n, tolerance_change=64 * torch.finfo(dtype).eps, history_size=10,
                             line_search_fn="strong_wolfe")
+    rows = torch.arange(n, device=x.device)
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(torch.addmm(b, x, w.T), y) + 0.5 * reg * w.square().sum()
+        loss = F.cross_entropy(torch.addmm(b, xm, w.T), y) + 0.5 * reg * w.square().sum()
         loss.backward()
         return loss
 
-    opt.step(closure)
+    def closure_mixed() -> torch.Tensor:
+        # mean CE = mean(logsumexp(z) − z_y); its gradient in z is softmax(z) − onehot(y)
+        z = torch.addmm(b.to(mm), xm, w.to(mm).T)  # [N, C]
+        lse = torch.logsumexp(z, dim=1)
+        loss = (lse.sum(dtype=dtype) - z[rows, y].sum(dtype=dtype)) / n + 0.5 * reg * w.square().sum()
+        prob = z.sub_(lse[:, None]).exp_()
+        prob[rows, y] -= 1.0
+        w.grad = (prob.T @ xm).to(dtype).div_(n).add_(w, alpha=reg)
+        b.grad = prob.sum(dim=0, dtype=dtype).div_(n)
+        return loss
+
+    opt.step(closure_mixed if mixed else closure)
     return w.detach(), b.detach()
 
 
