@@ -1,0 +1,152 @@
+"""Every `kshot ...` line of the README's ```bash blocks against the real CLI (issue 22: the docs must not drift).
+
+(a) every command parses: its verb and sub-verbs exist and every flag it writes is an option of that command
+(click's tree from `typer.main.get_command(app)`; nothing is executed; `DATA`, `runs/x`, `$VARS` and `...` are
+plain words); (b) the blocks that run offline on the toy world in seconds are run, placeholders bound to a toy
+ImageFolder. The Python snippet is run by tests/test_readme.py.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from kshot.cli import app
+from kshot.cli_errors import DEBUG_FLAG
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT_CMD = typer.main.get_command(app)
+#: Shell words that end one command and start another.
+OPERATORS = {"&&", "||", ";", "|", "&"}
+REDIRECTS = {"<", ">", ">>", "2>"}
+
+#: Sections whose kshot commands are run by another test (parse-checked here too).
+RUN_ELSEWHERE = {
+    "Look at it": "tests/deploy/test_readme.py runs the export and `kshot serve` (needs a free port, httpx)",
+    "Deploy it": "tests/deploy/test_readme.py runs fit, both exports and the onnx predict",
+    "Reproduce a paper table": "tests/eval/test_bench_cli.py runs the toy `bench` blocks (the coop11/dg ones need "
+                               "the official archives and ViT-B/16 weights)",
+    "kshot": "the set-up lines: `kshot demo` is tests/test_demo.py (minutes), the suite is pytest itself",
+}
+#: Sections whose kshot commands are only parse-checked, and why.
+PARSE_ONLY = {
+    "Protocols, prompt learning, continual learning": "DATA is a real benchmark; base2new trains five "
+                                                     "prompt methods (minutes); the digits continual run is ~30 s+",
+    "Preparing the 11 CoOp benchmark datasets": "downloads or the official archives (~100 GB)",
+    "The Jittor challenge (track 1: 4 shots per class, top-5 `result.txt`)": "the challenge Dataset/; the toy cascade "
+                                                                           "takes minutes (README says so)",
+    "Feature extraction at scale": "open_clip ViT-B-32 weights (online), CUDA, torchrun over 8 GPUs",
+    "Jittor interop": "JCLIP .pkl / open_clip weights, the Jittor venv (minutes to compile)",
+    "The 2024–26 training-free and linear methods": "DATA at 16 shots of a real benchmark; proker/tda are long",
+    "CLIP-LoRA: training through the encoders": "500 x K LoRA iterations, torchrun, open_clip weights",
+}
+#: Sections run here: the quick start, each placeholder bound to the toy world (see test_using_kshot_block_runs).
+RUN_HERE = {"Using kshot"}
+
+
+def bash_blocks() -> list[tuple[str, str]]:
+    """(section heading, block text) of every ```bash block, in order."""
+    out, section = [], ""
+    for part in re.split(r"(^#+ [^\n]*$|^```bash\n.*?^```)", README.read_text(), flags=re.M | re.S):
+        if part.startswith("#"):
+            section = part.lstrip("#").strip()
+        elif part.startswith("```bash"):
+            out.append((section, part[len("```bash\n"):-3]))
+    return out
+
+
+def kshot_commands(block: str) -> list[list[str]]:
+    """The argument lists after `kshot` (also `.venv/bin/kshot`, `python -m kshot`, `torchrun ... -m kshot`)."""
+    out = []
+    for line in block.replace("\\\n", " ").splitlines():
+        lex = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lex.whitespace_split, lex.commenters = True, "#"
+        segment: list[str] = []
+        for word in [*lex, ";"]:
+            if word not in OPERATORS:
+                segment.append(word)
+                continue
+            for i, w in enumerate(segment):
+                if w.rsplit("/", 1)[-1] == "kshot" and (i == 0 or segment[i - 1] == "-m"):
+                    args = segment[i + 1:]
+                    cut = [j for j, a in enumerate(args) if a in REDIRECTS]
+                    out.append(args[:cut[0]] if cut else args)
+                    break
+            segment = []
+    return out
+
+
+def _takes_value(param) -> bool:
+    return not (getattr(param, "is_flag", False) or getattr(param, "count", False))
+
+
+def check_parses(args: list[str]) -> str | None:
+    """None if `kshot ARGS` names an existing command with only its own flags, else what is wrong."""
+    cmd, path, i = ROOT_CMD, "kshot", 0
+    args = [a for a in args if a != DEBUG_FLAG and a != "..."]
+    while True:
+        opts = {o: p for p in cmd.params for o in (*p.opts, *p.secondary_opts) if o.startswith("-")}
+        positional = [p for p in cmd.params if type(p).__name__.endswith("Argument")]
+        n_pos, subs = 0, getattr(cmd, "commands", {})
+        while i < len(args):
+            word = args[i]
+            i += 1
+            if word == "--help":
+                return None
+            if word.startswith("-") and word != "-":
+                name = word.split("=", 1)[0]
+                if name not in opts:
+                    return f"`{path}` has no option {name}"
+                if _takes_value(opts[name]) and "=" not in word:
+                    if i >= len(args):
+                        return f"`{path} {name}` needs a value"
+                    i += 1
+            elif subs:
+                if word not in subs:
+                    return f"`{path}` has no command {word!r} (has: {', '.join(sorted(subs))})"
+                cmd, path = subs[word], f"{path} {word}"
+                break
+            else:
+                n_pos += 1
+        else:
+            limit = sum(float("inf") if p.nargs == -1 else p.nargs for p in positional)
+            return None if n_pos <= limit else f"`{path}` takes {limit} arguments, got {n_pos}"
+
+
+BLOCKS = bash_blocks()
+COMMANDS = [(section, args) for section, block in BLOCKS for args in kshot_commands(block)]
+
+
+def test_readme_commands_were_found():
+    assert len(COMMANDS) > 40 and any(a[:1] == ["fit"] for _, a in COMMANDS)
+    # continuation lines joined, torchrun's `-m kshot` and `&&` chains found
+    assert any(a[:1] == ["bench"] and "-o" in a for _, a in COMMANDS)
+    assert any(s.startswith("CLIP-LoRA") and "--device" in a for s, a in COMMANDS)
+    assert ["demo"] in [a for _, a in COMMANDS]
+
+
+def test_the_checker_catches_drift():
+    assert check_parses(["fit", "DATA", "-m", "lpp", "-k", "4", "-o", "runs/x"]) is None
+    assert "no option --topk" in check_parses(["fit", "DATA", "--topk", "5"])
+    assert "no command 'fitt'" in check_parses(["fitt", "DATA"])
+    assert "no command 'lst'" in check_parses(["data", "lst"])
+    assert "takes" in check_parses(["methods", "extra"])
+    assert check_parses(["-q", "data", "check", "coop11", "--root", "DATA", DEBUG_FLAG]) is None
+
+
+@pytest.mark.parametrize("section,args", COMMANDS, ids=[" ".join(a)[:60] for _, a in COMMANDS])
+def test_readme_command_parses(section, args):
+    assert check_parses(args) is None, f"README [{section}] kshot {' '.join(args)}: {check_parses(args)}"
+
+
+def test_every_section_with_commands_is_classified():
+    sections = {s for s, _ in COMMANDS}
+    unclassified = sections - set(RUN_ELSEWHERE) - set(PARSE_ONLY) - RUN_HERE
+    assert not unclassified, f"say whether these README sections' commands are run, and where: {unclassified}"
+    stale = (set(RUN_ELSEWHERE) | set(PARSE_ONLY) | RUN_HERE) - sections
+    assert not stale, f"no README section with kshot commands is called {stale}"
