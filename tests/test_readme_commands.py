@@ -150,3 +150,49 @@ def test_every_section_with_commands_is_classified():
     assert not unclassified, f"say whether these README sections' commands are run, and where: {unclassified}"
     stale = (set(RUN_ELSEWHERE) | set(PARSE_ONLY) | RUN_HERE) - sections
     assert not stale, f"no README section with kshot commands is called {stale}"
+
+
+#: Single commands of parse-only sections that run offline in a second; run as written.
+RUN_AS_WRITTEN = [["data", "list"], ["challenge", "configs"]]
+#: What the quick start's placeholders stand for here: DATA the toy world as an ImageFolder with enough images per
+#: class for its `-k 16` (16 shots + 4 validation); TEST its test images as a labelled `<class>/<img>` tree whose file
+#: names are unique (the challenge's result.txt is keyed by file name); the shipped tiny CLIP.
+BINDINGS = {"DATA": "data", "TEST": "test", "SPEC": "toy:clip"}
+
+
+def _invoke(args: list[str]):
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, f"kshot {' '.join(args)}\n{r.output}{r.exception!r}"
+    return r.output
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KSHOT_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_using_kshot_block_runs(in_tmp):
+    (block,) = [b for s, b in BLOCKS if s in RUN_HERE]
+    commands = kshot_commands(block)
+    assert [a[0] for a in commands] == ["--help", "methods", "extract", "fit", "predict", "predict", "score",
+                                        "toyworld"], "the quick start changed: update BINDINGS and this test"
+    _invoke(["toyworld", "export", "--layout", "imagefolder", "--domains", "Creatures", "--per-class", "20",
+             "--n-test", "5", "--out", "data"])
+    for image in sorted((in_tmp / "data" / "test").glob("*/*.png")):
+        (in_tmp / "test" / image.parent.name).mkdir(parents=True, exist_ok=True)
+        image.rename(in_tmp / "test" / image.parent.name / f"{image.parent.name}-{image.name}")
+    outputs = [_invoke([BINDINGS.get(a, a) for a in args]) for args in commands]
+    assert "fit" in outputs[0] and "tip_adapter" in outputs[1]
+    assert (in_tmp / "runs" / "tip" / "method.json").is_file() and (in_tmp / "runs" / "tip" / "shots.txt").is_file()
+    assert len((in_tmp / "result.txt").read_text().splitlines()) == 16 * 5  # one line per test image
+    assert len((in_tmp / "predictions.csv").read_text().splitlines()) == 1 + 16 * 5
+    assert "mean per-class recall" in outputs[6] and re.search(r"all\W+80\W", outputs[6])  # 80 test images scored
+    assert (in_tmp / "toy" / "train.txt").is_file()
+
+
+@pytest.mark.parametrize("args", RUN_AS_WRITTEN, ids=" ".join)
+def test_offline_one_liners_run(args, in_tmp):
+    assert args in [a for _, a in COMMANDS], f"README no longer shows kshot {' '.join(args)}"
+    assert _invoke(args).strip()
