@@ -85,8 +85,9 @@ def _takes_value(param) -> bool:
     return not (getattr(param, "is_flag", False) or getattr(param, "count", False))
 
 
-def check_parses(args: list[str]) -> str | None:
-    """None if `kshot ARGS` names an existing command with only its own flags, else what is wrong."""
+def check_parses(args: list[str], fragment: bool = False) -> str | None:
+    """None if `kshot ARGS` names an existing command with only its own flags, else what is wrong (a `fragment`, as
+    in prose, may end with an option that takes a value)."""
     cmd, path, i = ROOT_CMD, "kshot", 0
     args = [a for a in args if a != DEBUG_FLAG and a != "..."]
     while True:
@@ -103,7 +104,7 @@ def check_parses(args: list[str]) -> str | None:
                 if name not in opts:
                     return f"`{path}` has no option {name}"
                 if _takes_value(opts[name]) and "=" not in word:
-                    if i >= len(args):
+                    if i >= len(args) and not fragment:
                         return f"`{path} {name}` needs a value"
                     i += 1
             elif subs:
@@ -118,8 +119,16 @@ def check_parses(args: list[str]) -> str | None:
             return None if n_pos <= limit else f"`{path}` takes {limit} arguments, got {n_pos}"
 
 
+def inline_commands() -> list[list[str]]:
+    """The `kshot ...` code spans of the prose (outside code blocks), e.g. `kshot eval DATA --holdout 0.2 --seed 1`."""
+    prose = re.sub(r"^```.*?^```", "", README.read_text(), flags=re.M | re.S)
+    spans = re.findall(r"`((?:torchrun [^`]*?-m )?kshot [^`]+)`", prose)
+    return [args for span in spans for args in kshot_commands(" ".join(span.split()))]
+
+
 BLOCKS = bash_blocks()
 COMMANDS = [(section, args) for section, block in BLOCKS for args in kshot_commands(block)]
+INLINE = inline_commands()
 
 
 def test_readme_commands_were_found():
@@ -128,6 +137,7 @@ def test_readme_commands_were_found():
     assert any(a[:1] == ["bench"] and "-o" in a for _, a in COMMANDS)
     assert any(s.startswith("CLIP-LoRA") and "--device" in a for s, a in COMMANDS)
     assert ["demo"] in [a for _, a in COMMANDS]
+    assert ["eval", "DATA", "--holdout", "0.2", "--seed", "1"] in INLINE  # a span broken over two lines
 
 
 def test_the_checker_catches_drift():
@@ -136,12 +146,18 @@ def test_the_checker_catches_drift():
     assert "no command 'fitt'" in check_parses(["fitt", "DATA"])
     assert "no command 'lst'" in check_parses(["data", "lst"])
     assert "takes" in check_parses(["methods", "extra"])
+    assert "needs a value" in check_parses(["predict", "-a"]) and check_parses(["predict", "-a"], fragment=True) is None
     assert check_parses(["-q", "data", "check", "coop11", "--root", "DATA", DEBUG_FLAG]) is None
 
 
 @pytest.mark.parametrize("section,args", COMMANDS, ids=[" ".join(a)[:60] for _, a in COMMANDS])
 def test_readme_command_parses(section, args):
     assert check_parses(args) is None, f"README [{section}] kshot {' '.join(args)}: {check_parses(args)}"
+
+
+@pytest.mark.parametrize("args", INLINE, ids=[" ".join(a)[:60] for a in INLINE])
+def test_readme_prose_command_parses(args):
+    assert check_parses(args, fragment=True) is None, f"README prose `kshot {' '.join(args)}`: {check_parses(args)}"
 
 
 def test_every_section_with_commands_is_classified():
