@@ -72,7 +72,8 @@ def _draw(labels: np.ndarray, candidates: np.ndarray, k: int, seed: int, classes
     if short and not allow_fewer:
         listed = ", ".join(f"class {c} has {n}" for c, n in short[:10])
         raise DataError(f"{what}: K={k} but {len(short)} class(es) have fewer items: {listed}"
-                        f"{' ...' if len(short) > 10 else ''} (pass allow_fewer=True to take what there is)")
+                        f"{' ...' if len(short) > 10 else ''} (choose a smaller K; from Python, allow_fewer=True "
+                        "takes what there is)")
     if short:
         log.warning("%s: %d class(es) have fewer than K=%d items and get all they have (e.g. class %d: %d)", what,
                     len(short), k, short[0][0], short[0][1])
