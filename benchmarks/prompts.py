@@ -16,7 +16,9 @@ Prints seconds per epoch for both arms and their ratio (medians over the timed e
 `--deep` instead times training steps of the image-side prompt methods (MaPLe, PromptSRC and their ATPrompt variants)
 at their official batch size (4) and default depths: forward through both prompted towers, the method's loss,
 backward, SGD step (iterations/s, median over the timed steps after one warm-up), and peak memory (CUDA: max
-allocated; CPU: the process's peak RSS, which includes the model itself).
+allocated; CPU: the process's peak RSS, which includes the model itself). A cached-feature prompt method (`kgcoop`,
+`coop`, ...) in `--deep` times its text-side step instead (`run_text_side`; image encoder not in the loop). Peak RSS
+is per process: time one method per run to compare memory.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def run_epochs(bb, learner, get_features, labels, epochs: int, batch_size: int, 
                gen: torch.Generator) -> list[float]:
     """Seconds per epoch of CoOp steps where `get_features(idx)` supplies the image features of a batch."""
     from kshot.methods.prompting import frozen
+    from kshot.methods.prompting.method import PromptMethod
     from kshot.methods.prompting.train import amp_context
 
     opt = torch.optim.SGD(learner.parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4)
@@ -101,11 +104,15 @@ def run_deep(bb, names: list[str], methods: list[str], steps: int, device: torch
 
     from kshot.methods import METHODS, Task, create
     from kshot.methods.prompting import frozen
+    from kshot.methods.prompting.method import PromptMethod
     from kshot.methods.prompting.train import amp_context
 
     size = bb.preprocess_cfg.image_size
     gen = torch.Generator().manual_seed(0)
     for name in methods:
+        if issubclass(METHODS.get(name), PromptMethod):
+            run_text_side(bb, names, name, steps, device, gen)
+            continue
         fields = {f.name for f in dataclasses.fields(METHODS.get(name).config_cls)}
         m = create(name, **({k: depth for k in ("depth", "depth_vision") if k in fields} if depth else {}))
         m.backbone_ = bb
@@ -139,6 +146,45 @@ def run_deep(bb, names: list[str], methods: list[str], steps: int, device: torch
         else:
             peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process peak RSS)"
         print(f"{name:>20}: batch {batch}, depth {m.config.depth}: {it_s:.3f} it/s, peak {peak}")
+
+
+def run_text_side(bb, names: list[str], name: str, steps: int, device: torch.device, gen: torch.Generator) -> None:
+    """Iterations/s and peak memory of a cached-feature prompt method's training step (KgCoOp, CoOp, ...): the
+    prompted text tower over all classes, the method's loss on a batch of (random, unit) image features at its
+    official batch size, backward, SGD step. The image encoder is not in the loop (features are cached)."""
+    import resource
+
+    from kshot.methods import Task, create
+    from kshot.methods.prompting import frozen
+
+    m = create(name)
+    m.attach_backbone(bb, strict=False)
+    m._prepare(Task(train=None, classnames=names, backbone=bb, logit_scale=bb.logit_scale), gen)
+    design = m._design()
+    learner = m._build_learner(names, m._initial_vectors(design, len(names), gen))
+    batch = int(m.config.batch_size)
+    opt = torch.optim.SGD(learner.parameters(), lr=1e-3, momentum=0.9)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    with frozen(bb.model):
+        for _ in range(steps + 1):
+            x = F.normalize(torch.randn(batch, bb.embed_dim, generator=gen), dim=-1).to(device)
+            y = torch.randint(0, len(names), (batch,), generator=gen).to(device)
+            t0 = time.perf_counter()
+            loss = m._loss(learner, None, x, y, float(bb.logit_scale))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    it_s = 1.0 / statistics.median(times[1:])
+    if device.type == "cuda":
+        peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA max allocated)"
+    else:
+        peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process peak RSS)"
+    print(f"{name:>20}: batch {batch}, text side only (cached image features): {it_s:.3f} it/s, peak {peak}")
 
 
 def main() -> None:
