@@ -303,3 +303,23 @@ def test_two_fits_into_one_folder_at_once_leave_one_whole_run(places, tmp_path):
                          "--cache", str(places["CACHE"])]) == 0
     assert snapshot(art) == snapshot(ref)
     assert leftovers(tmp_path) == []
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from kshot.outputs import remove_stale_temporaries, tmp_sibling
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # that process has exited
+    (tmp_path / "sub").mkdir()
+    stale = tmp_path / "sub" / f".curves.png.{dead_pid}.tmp"
+    stale.write_bytes(b"half")
+    mine = tmp_sibling(tmp_path / "table.md")  # this (live) process's
+    mine.write_text("writing")
+    other = tmp_path / "notes.tmp"  # not a temporary sibling: never touched
+    other.write_text("user file")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert not stale.exists() and mine.exists() and other.exists()
+    assert remove_stale_temporaries(tmp_path / "missing") == []

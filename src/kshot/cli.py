@@ -557,7 +557,7 @@ def eval_(
     from kshot.data.coop_source import load_any
     from kshot.eval.fewshot import FewShotInputs, FewShotProtocol, ResultStore, cached_feature_methods, run_fewshot
     from kshot.eval.report import markdown_table, plot_curves
-    from kshot.outputs import atomic_write_text, check_writable
+    from kshot.outputs import atomic_write_text, check_writable, remove_stale_temporaries
 
     if protocol not in ("fewshot", "base2new"):
         raise KshotError(f"unknown protocol {protocol!r}; available: fewshot, base2new")
@@ -585,6 +585,7 @@ def eval_(
         return
     proto = FewShotProtocol(names, tuple(shot_list), seed_list, per_method, k_val=0 if no_val else None)
     check_writable(out, "--out folder")  # a read-only folder fails now, not after the first cell
+    remove_stale_temporaries(out)  # half-written tables/plots of a killed sweep (it resumes in place)
     paths = _eval_datasets(data, several=test is not None or holdout is not None)
     bb = _load_backbone(backbone, device)
     store = _store(cache, device)

@@ -35,6 +35,32 @@ def tmp_sibling(path: Path) -> Path:
     return path.parent / f".{path.name}.{os.getpid()}.tmp"
 
 
+_TMP_SIBLING = re.compile(r"^\..+\.(\d+)\.tmp$")
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the `tmp_sibling` files under `folder` whose writer no longer runs (a `kill -9` mid-write leaves one;
+    a run that resumes in place, e.g. `kshot continual run`, calls this first). Returns the removed paths."""
+    removed = []
+    for p in sorted(Path(folder).rglob(".*.tmp")) if Path(folder).is_dir() else []:
+        m = _TMP_SIBLING.match(p.name)
+        if m is None or not p.is_file() or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call `write(tmp)` to create a temporary sibling of `path`, then rename it onto `path`.
 

@@ -46,6 +46,7 @@ def run(
     Example: kshot continual run configs/continual/digits.yaml -o kshot-out/continual
     """
     from kshot.errors import KshotError
+    from kshot.outputs import remove_stale_temporaries
 
     from .config import load_config
     from .report import write_report
@@ -55,6 +56,7 @@ def run(
     sets = list(overrides or []) + ([f"device={device}"] if device else [])
     try:
         cfg = load_config(config, sets)
+        remove_stale_temporaries(out)  # half-written files of a killed run (it resumes in place)
         states = run_sequence(cfg, out, methods=method or None, resume=not restart, force=force)
         report = write_report(out)
     except KshotError as e:
