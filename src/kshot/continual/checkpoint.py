@@ -3,34 +3,28 @@ schedule position, accuracy matrix, learner state). No pickle.
 
 Both files are written atomically (temporary file + rename), tensors first; each carries the same token, a hash of
 the save's content (tensors and metadata, wall-clock seconds left out), so a JSON paired with the tensors of another
-save is detected, and a resumed run writes the same bytes as an uninterrupted one.
+save is detected, and a resumed run writes the same bytes as an uninterrupted one. The tensors' header also carries
+the metadata (seconds left out): a save killed between the two renames (new tensors, old JSON) is repaired from it
+when the checkpoint is next read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kshot.errors import CheckpointError
-from kshot.outputs import write_safetensors
+from kshot.outputs import atomic_write, atomic_write_text, write_safetensors
+
+log = logging.getLogger(__name__)
 
 FORMAT = "kshot.continual.checkpoint/1"
 TENSORS, META = "checkpoint.safetensors", "checkpoint.json"
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
@@ -39,10 +33,11 @@ def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], meta: dic
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     token = content_token(flat, meta)
     # one metadata key: safetensors writes several in a random (hash map) order, and the file must be reproducible
-    header = {"kshot": json.dumps({"format": FORMAT, "token": token}, sort_keys=True)}
-    _atomic_write(directory / TENSORS, lambda p: write_safetensors(flat, p, header))
+    header = {"kshot": json.dumps({"format": FORMAT, "token": token, "meta": _without_seconds(meta)}, sort_keys=True,
+                                  default=str)}
+    atomic_write(directory / TENSORS, lambda p: write_safetensors(flat, p, header))
     payload = {"format": FORMAT, "token": token, **meta}
-    _atomic_write(directory / META, lambda p: p.write_text(json.dumps(payload, indent=1), encoding="utf-8"))
+    atomic_write_text(directory / META, json.dumps(payload, indent=1))
     return directory / META
 
 
@@ -78,6 +73,7 @@ def has_checkpoint(directory: Path) -> bool:
 def read_meta(path: str | Path) -> dict[str, Any]:
     """The JSON half of a checkpoint (no tensors read)."""
     d = checkpoint_dir(path)
+    _repair_meta(d)
     f = d / META
     try:
         meta = json.loads(f.read_text(encoding="utf-8"))
@@ -88,6 +84,30 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{f}: not a kshot continual checkpoint (format {meta.get('format')!r})")
     return meta
+
+
+def _repair_meta(d: Path) -> None:
+    """Rewrite `META` from the tensors' header when they come from a newer save (a kill between the two renames of
+    `save_checkpoint`); anything else (no tensors, an older format, a damaged file) is left to the readers' errors."""
+    from safetensors import safe_open
+
+    if not (d / TENSORS).is_file():
+        return
+    try:
+        with safe_open(str(d / TENSORS), framework="pt") as st:
+            saved = json.loads((st.metadata() or {}).get("kshot", "{}"))
+    except Exception:  # damaged: load_checkpoint names it
+        return
+    if saved.get("format") != FORMAT or "meta" not in saved:
+        return
+    try:
+        current = json.loads((d / META).read_text(encoding="utf-8")).get("token")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        current = None
+    if current != saved["token"]:
+        log.warning("%s: %s is from an interrupted save; rebuilt from %s's header", d, META, TENSORS)
+        atomic_write_text(d / META, json.dumps({"format": FORMAT, "token": saved["token"], **saved["meta"]},
+                                               indent=1))
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor],
