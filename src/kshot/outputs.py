@@ -44,21 +44,11 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     removed = []
     for p in sorted(Path(folder).rglob(".*.tmp")) if Path(folder).is_dir() else []:
         m = _TMP_SIBLING.match(p.name)
-        if m is None or not p.is_file() or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+        if m is None or not p.is_file() or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
             continue
         p.unlink(missing_ok=True)
         removed.append(p)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:

@@ -30,6 +30,7 @@ from kshot.backbones.base import Backbone
 from kshot.data.dataset import Dataset
 from kshot.errors import DataError, KshotError
 from kshot.methods.base import Method
+from kshot.outputs import atomic_write_text
 
 log = logging.getLogger(__name__)
 MAX_MISTAKES = 60  # misclassified test images kept in metrics.json (the gallery); the count is always exact
@@ -252,7 +253,5 @@ def fit_run(data: Path, method: str, shots: int, seed: int, backbone: str, out: 
             {"path": item_path(data, test, index[fs.paths[r]]), "true": names[int(y[r])],
              "top": [{"class": names[int(c)], "prob": float(p)} for p, c in zip(top_p[r], top_i[r])]}
             for r in wrong[:MAX_MISTAKES]]
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=1))
-    os.replace(tmp, out / "metrics.json")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
     return metrics
