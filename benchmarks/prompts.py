@@ -70,6 +70,21 @@ def build_learner(bb, classnames: list[str], n_ctx: int, gen: torch.Generator):
     return PromptLearner(tower, layout, [GroupSpec("ctx", n_ctx)], init)
 
 
+def _sgd_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def _peak_memory(device: torch.device) -> str:
+    """Peak memory so far: CUDA max allocated on a GPU, else the process's peak RSS."""
+    import resource
+
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA max allocated)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process peak RSS)"
+
+
 def run_epochs(bb, learner, get_features, labels, epochs: int, batch_size: int, device: torch.device,
                gen: torch.Generator) -> list[float]:
     """Seconds per epoch of CoOp steps where `get_features(idx)` supplies the image features of a batch."""
@@ -88,9 +103,7 @@ def run_epochs(bb, learner, get_features, labels, epochs: int, batch_size: int, 
                     x = get_features(idx)
                     text = F.normalize(learner()[0].float(), dim=-1)
                     loss = F.cross_entropy(bb.logit_scale * x.float() @ text.T, labels[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                _sgd_step(opt, loss)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
@@ -100,8 +113,6 @@ def run_epochs(bb, learner, get_features, labels, epochs: int, batch_size: int, 
 def run_deep(bb, names: list[str], methods: list[str], steps: int, device: torch.device, grad_ckpt: bool,
              depth: int = 0) -> None:
     """Iterations/s and peak memory of deep-prompt training steps (see the module docstring)."""
-    import resource
-
     from kshot.methods import METHODS, Task, create
     from kshot.methods.prompting import frozen
     from kshot.methods.prompting.method import PromptMethod
@@ -133,27 +144,19 @@ def run_deep(bb, names: list[str], methods: list[str], steps: int, device: torch
                 t0 = time.perf_counter()
                 with amp_context(device, True):
                     loss = m.batch_loss(learner, params, image, x, y, bb.logit_scale).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                _sgd_step(opt, loss)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
         bb.model.set_grad_checkpointing(False)
         it_s = 1.0 / statistics.median(times[1:])
-        if device.type == "cuda":
-            peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA max allocated)"
-        else:
-            peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process peak RSS)"
-        print(f"{name:>20}: batch {batch}, depth {m.config.depth}: {it_s:.3f} it/s, peak {peak}")
+        print(f"{name:>20}: batch {batch}, depth {m.config.depth}: {it_s:.3f} it/s, peak {_peak_memory(device)}")
 
 
 def run_text_side(bb, names: list[str], name: str, steps: int, device: torch.device, gen: torch.Generator) -> None:
     """Iterations/s and peak memory of a cached-feature prompt method's training step (KgCoOp, CoOp, ...): the
     prompted text tower over all classes, the method's loss on a batch of (random, unit) image features at its
     official batch size, backward, SGD step. The image encoder is not in the loop (features are cached)."""
-    import resource
-
     from kshot.methods import Task, create
     from kshot.methods.prompting import frozen
 
@@ -173,18 +176,13 @@ def run_text_side(bb, names: list[str], name: str, steps: int, device: torch.dev
             y = torch.randint(0, len(names), (batch,), generator=gen).to(device)
             t0 = time.perf_counter()
             loss = m._loss(learner, None, x, y, float(bb.logit_scale))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            _sgd_step(opt, loss)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
     it_s = 1.0 / statistics.median(times[1:])
-    if device.type == "cuda":
-        peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA max allocated)"
-    else:
-        peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process peak RSS)"
-    print(f"{name:>20}: batch {batch}, text side only (cached image features): {it_s:.3f} it/s, peak {peak}")
+    print(f"{name:>20}: batch {batch}, text side only (cached image features): {it_s:.3f} it/s, "
+          f"peak {_peak_memory(device)}")
 
 
 def main() -> None:
