@@ -39,6 +39,8 @@ from kshot.methods.tip_adapter import (TipAdapter, TipAdapterConfig, cache_input
 
 log = logging.getLogger(__name__)
 
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # where torch.optim.AdamW(fused=True) runs
+
 
 @dataclass(frozen=True)
 class TrainSchedule:
@@ -107,7 +109,11 @@ def train_epochs(params: list[torch.nn.Parameter], logits_fn: Callable[..., torc
     gen = torch.Generator().manual_seed(seed)
     n = len(train)
     steps_per_epoch = -(-n // schedule.batch_size)
-    opt = torch.optim.AdamW(params, lr=schedule.lr, eps=schedule.eps, weight_decay=schedule.weight_decay)
+    # the fused kernel: one pass over each tensor instead of ~20 (at Tip-Adapter-F's 16k × 512 keys the unfused
+    # step costs more than the step's matmuls); same update up to float rounding
+    fused = all(p.device.type in FUSED_ADAMW_DEVICES for p in params) or None
+    opt = torch.optim.AdamW(params, lr=schedule.lr, eps=schedule.eps, weight_decay=schedule.weight_decay,
+                            fused=fused)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, schedule.epochs * steps_per_epoch))
     labels = train.labels.to(train.features.device)
     result = TrainResult()
