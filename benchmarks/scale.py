@@ -624,7 +624,7 @@ def literal_time(name: str, task: Task, test: FeatureSet, big: bool, max_cells: 
     its fit) are used by the linear probe only.
     """
     if name == "zeroshot":
-        return f"{literal_zeroshot(task, test.features):.2f}"
+        return seconds_cell(literal_zeroshot(task, test.features))
     approx = False
     if name == "linear_probe":
         total_s, approx = literal_linear_probe(task, big, list(getattr(fitted, "search_history_", [])),
@@ -656,7 +656,12 @@ def literal_time(name: str, task: Task, test: FeatureSet, big: bool, max_cells: 
             total_s += secs * total / cells * factor
     else:
         return "n/a"
-    return f"{'~' if approx else ''}{total_s:.2f}"
+    return ("~" if approx else "") + seconds_cell(total_s)
+
+
+def seconds_cell(seconds: float) -> str:
+    """Seconds for the table: 2 decimals, or 2 significant digits below 0.01 s (so a fast loop is not 0.00)."""
+    return f"{seconds:.2f}" if seconds >= 0.01 else f"{seconds:.2g}"
 
 
 def main() -> None:
