@@ -712,9 +712,9 @@ def main() -> None:
     names = args.methods or [e.name for e in METHODS if not e.obj.needs_backbone]
     data = synthetic_imagenet(args.classes, args.dim, max(args.shots), 4, args.test)
     big = args.classes > 100
+    where = "extrapolated where marked ~ (class subsets, first steps, stream windows)" if big else "on the same data"
     header = (f"{args.classes} classes, dim {args.dim}, 4 val/class, {args.test} test, {args.threads} thread(s), "
-              f"{args.clock} clock; literal loops "
-              f"{'extrapolated where marked ~ (class subsets, first steps, stream windows)' if big else 'on the same data'}")
+              f"{args.clock} clock; literal loops {where}")
     lines = [header, "",
              "| method | shots | fit s | logits s | peak RSS GB | top-1 % | literal loop s | fit / literal |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
