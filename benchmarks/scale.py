@@ -339,6 +339,8 @@ def literal_linear_probe(task: Task, big: bool, history: list[tuple[float, float
     per_iter_s = (clock() - t0) / max(1, int(clf.n_iter_[0]))
     fits = dict(zip([c for c, _ in history], iterations)) if len(history) == len(iterations) else {}
     scores = dict(history)
+    if not scores:  # no search history to replay: every lpclip fit at max_iter (an upper bound)
+        return per_iter_s * cfg.max_iter * (len(cfg.c_grid) + 2 * cfg.search_steps), True
     total = 0
 
     def replay(c: float) -> float:
@@ -389,7 +391,7 @@ def literal_clip_adapter(task: Task, big: bool, max_steps: int) -> tuple[float, 
                 with torch.no_grad():
                     acc = float(logits(task.val.features).argmax(1).eq(task.val.labels).float().mean())
                 if acc >= best:
-                    best, kept = acc, copy.deepcopy(adapter.state_dict())  # noqa: F841 (the official keeps it)
+                    best, kept = acc, copy.deepcopy(adapter.state_dict())  # noqa: F841 (kept, as officially)
             done += 1
             if done >= limit:
                 return _scaled(clock() - t0, done, total), done < total
