@@ -7,14 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from scale import first_shots, synthetic_imagenet  # noqa: E402
+from scale import LBFGSIterations, first_shots, literal_time, synthetic_imagenet  # noqa: E402
 
-from kshot.methods import METHODS  # noqa: E402
+from kshot.methods import METHODS, Task, create  # noqa: E402
 
 
 def test_synthetic_set_shapes_and_calibration_inputs():
@@ -39,3 +40,23 @@ def test_scale_script_prints_a_row_per_method(tmp_path):
     for name in names:
         assert f"| {name} | 1 |" in table
     assert "kshot eval --protocol fewshot" in table
+
+
+NEW_LITERALS = ["linear_probe", "clip_adapter", "inmap", "tip_adapter_f", "gda", "proker", "zs_lp", "clap", "tda"]
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["same-data", "extrapolated"])
+@pytest.mark.parametrize("name", NEW_LITERALS)
+def test_literal_loop_gives_a_positive_time(name, big):
+    """Every literal loop runs on a tiny set, on the same data and on the extrapolation path (`big`, small steps)."""
+    data = synthetic_imagenet(classes=8, dim=16, shots=2, val_per_class=2, test=40, seed=0)
+    task = Task(train=data.train, val=data.val, classnames=[str(i) for i in range(8)], text_weights=data.text,
+                unlabeled=data.test, logit_scale=100.0, seed=1)
+    method = create(name)
+    with LBFGSIterations() as counter:
+        method.fit(task)
+    cell = literal_time(name, task, data.test, big, max_cells=20, max_steps=3, fitted=method,
+                        lbfgs_counts=counter.counts)
+    assert float(cell.lstrip("~")) > 0, cell
+    # gda is affordable at any size; Tip-Adapter-F's 20 epochs exceed max_steps even on the same data
+    assert cell.startswith("~") == ((big and name != "gda") or name == "tip_adapter_f"), cell
