@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from kshot.methods import create
-from kshot.methods.proker import IMAGENET_HPS, transferred_hps
+from kshot.errors import DataError
+from kshot.methods.proker import IMAGENET_HPS, cholesky_in_place, rbf_kernel, transferred_hps
 from tests.methods.conftest_cachemethods import (BAD_CASES, accuracy, assert_logits_input_checks, assert_rejects,
                                                  assert_round_trip, make_task, zeroshot_accuracy)
 
@@ -98,3 +99,21 @@ def test_refit_overrides_fix_the_folds_beta_and_lambda():
     m = create("proker").fit(task)
     refit = create("proker", **ProKeR.refit_overrides([m.fitted_meta()])).fit(task)
     assert (refit.beta_, refit.lmbda_) == (m.beta_, m.lmbda_) and refit.fitted_meta()["val_accuracy"] is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cholesky_in_place_is_the_upper_factor_in_the_matrix_own_memory(dtype):
+    x = torch.nn.functional.normalize(torch.randn(60, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    a = rbf_kernel(x.to(dtype), x.to(dtype), 2.0).div_(0.1)
+    a.diagonal().add_(1.0)
+    expected = torch.linalg.cholesky(a).mT
+    ptr = a.data_ptr()
+    u = cholesky_in_place(a)
+    assert u.data_ptr() == ptr
+    torch.testing.assert_close(u, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(u, u.triu())
+
+
+def test_cholesky_in_place_refuses_a_matrix_that_is_not_positive_definite():
+    with pytest.raises(DataError, match="not positive definite"):
+        cholesky_in_place(torch.tensor([[1.0, 2.0], [2.0, 1.0]]))

@@ -27,7 +27,8 @@ kshot departures:
 - Above `search_max_rows` training rows (ImageNet: 16,000), the search runs on a seeded subset of the classes
   (their shots and val items; the kernel, the residual and the scoring keep every class column), so that each β
   costs one small eigendecomposition; the final system K/λ + I over every row is solved once by Cholesky (in
-  float32 there: it is positive definite with eigenvalues >= 1).
+  float32 there: it is positive definite with eigenvalues >= 1), factorised in the system's own memory on CPU
+  (`cholesky_in_place`: peak RSS one n × n matrix, not two).
 Classes without shots are fine: their regression target is −f Tᵀ, so they keep a text-driven score
 (`supports_empty_classes`).
 """
@@ -39,10 +40,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from kshot.errors import CheckpointError, ConfigError
+from kshot.errors import CheckpointError, ConfigError, DataError
 from kshot.methods import refit
 from kshot.methods._lp_common import training_rows
 from kshot.methods.base import METHODS, Method, Task
@@ -89,6 +92,22 @@ class ProKeRConfig:
 def rbf_kernel(x: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
     """exp(−β (1 − x yᵀ)) for x [n, D], y [m, D] -> [n, m] (in place on the product: one n × m buffer)."""
     return (x @ y.T).sub_(1.0).mul_(beta).exp_()
+
+
+def cholesky_in_place(a: torch.Tensor) -> torch.Tensor:
+    """Upper Cholesky factor U (a = UᵀU) of a symmetric positive definite CPU matrix a [n, n], written over a.
+
+    LAPACK `potrf` on a's own memory (its transpose is the same matrix in Fortran order), so no second n × n matrix
+    is held: `torch.linalg.cholesky` would need one (1 GB in float32 at ImageNet's 16k rows). Returns a itself.
+    """
+    arr = a.numpy().T  # Fortran-ordered view of a's memory; equal to a since a is symmetric
+    potrf = scipy.linalg.lapack.get_lapack_funcs("potrf", (arr,))
+    factor, info = potrf(arr, lower=True, overwrite_a=True, clean=True)
+    if info != 0:
+        raise DataError(f"proker: the kernel system is not positive definite (LAPACK potrf info {info})")
+    if not np.shares_memory(factor, arr):  # LAPACK wrapper copied after all: write the factor back
+        a.copy_(torch.from_numpy(np.ascontiguousarray(factor.T)))
+    return a  # a's C-order memory holds Lᵀ = U
 
 
 def transferred_hps(shots: int) -> tuple[float, float]:
@@ -164,8 +183,9 @@ class ProKeR(Method):
         xs = xd if len(xd) <= cfg.search_max_rows else x.float()
         system = rbf_kernel(xs, xs, self.beta_).div_(self.lmbda_)
         system.diagonal().add_(1.0)
-        self.coef_ = torch.cholesky_solve(residual.to(xs.dtype), torch.linalg.cholesky(system)).float().contiguous()
-        del system
+        upper = cholesky_in_place(system) if system.device.type == "cpu" else torch.linalg.cholesky(system).mT
+        self.coef_ = torch.cholesky_solve(residual.to(xs.dtype), upper, upper=True).float().contiguous()
+        del system, upper
         self.keys_, self.text_ = x.float().clone(), text.float()
         self.scale_ = float(task.logit_scale)
         self.fitted_ = True
