@@ -4,6 +4,14 @@
     python benchmarks/scale.py --quick          # a small smoke run (seconds)
     python benchmarks/scale.py --out scale.md   # also write the markdown table
     python benchmarks/scale.py --threads 1 --clock process   # CPU seconds: robust on a shared machine
+    python benchmarks/scale.py --protocol --out-dir runs/protocol   # the whole few-shot protocol, resumable
+
+**`--protocol`** runs the whole few-shot protocol of `kshot eval --protocol fewshot` (`kshot.eval.fewshot.run_fewshot`,
+the same engine: K shots and min(K, 4) val per class drawn from a labelled pool per seed, every cell scored on the
+test features) over every cached-feature method × shots 1,2,4,8,16 × seeds 1,2,3 on the synthetic set, with a pool of
+`--pool` images per class. Seeds run one after another, each printing its wall time; finished cells are kept in
+`--out-dir`/results.jsonl, so a re-run resumes where a killed one stopped. The feature extraction `kshot eval` does
+first is not part of it (the features are synthetic).
 
 **The synthetic set** (`synthetic_imagenet`) is built to be as hard as ImageNet for CLIP ViT-B, not trivially
 separable: class means share a rank-32 subspace (95 % of their energy), every image adds isotropic noise and a
@@ -72,6 +80,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
+from kshot.eval.fewshot import FewShotInputs, FewShotProtocol, ResultStore, cached_feature_methods, run_fewshot
+from kshot.eval.report import markdown_table
 from kshot.features.featureset import FeatureSet
 from kshot.methods import METHODS, Task, create
 from kshot.methods.linear_probe import lpclip_val_subset
@@ -697,7 +707,7 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--test", type=int, default=50000)
-    ap.add_argument("--shots", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--shots", type=int, nargs="+", default=None, help="default 1 4 16 (--protocol: 1 2 4 8 16)")
     ap.add_argument("--methods", nargs="*", default=None, help="default: every registered cached-feature method")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--quick", action="store_true", help="small smoke run: 50 classes, dim 64, 2k test")
@@ -705,12 +715,22 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                     help="wall time, or this process's CPU time (with --threads 1: the time on an idle core)")
+    ap.add_argument("--protocol", action="store_true", help="the whole few-shot protocol (module docstring); "
+                    "default shots 1 2 4 8 16")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="--protocol: seeds")
+    ap.add_argument("--pool", type=int, default=32, help="--protocol: labelled pool images per class")
+    ap.add_argument("--out-dir", type=Path, default=Path("kshot-out/scale-protocol"),
+                    help="--protocol: results folder (results.jsonl, table.md); a re-run resumes")
     args = ap.parse_args()
     global clock
     clock = CLOCKS[args.clock]
     if args.quick:
         args.classes, args.dim, args.test = min(args.classes, 50), min(args.dim, 64), min(args.test, 2000)
     torch.set_num_threads(args.threads)
+    if args.protocol:
+        run_protocol(args)
+        return
+    args.shots = args.shots or [1, 4, 16]
     names = args.methods or [e.name for e in METHODS if not e.obj.needs_backbone]
     data = synthetic_imagenet(args.classes, args.dim, max(args.shots), 4, args.test)
     big = args.classes > 100
@@ -751,6 +771,43 @@ def main() -> None:
         tmp = args.out.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")
         tmp.replace(args.out)
+
+
+def run_protocol(args: argparse.Namespace) -> None:
+    """`--protocol`: run_fewshot over the synthetic pool, one seed after another, timing each (wall clock)."""
+    shots = tuple(args.shots or (1, 2, 4, 8, 16))
+    if args.pool < max(shots) + min(max(shots), 4):
+        raise SystemExit(f"--pool {args.pool} is smaller than the largest draw: {max(shots)} shots + "
+                         f"{min(max(shots), 4)} val per class")
+    names = args.methods or cached_feature_methods()
+    data = synthetic_imagenet(args.classes, args.dim, args.pool, 1, args.test)
+    classnames = [str(i) for i in range(args.classes)]
+    inputs = FewShotInputs(f"synthetic-imagenet-{args.classes}", f"synthetic-d{args.dim}", data.train, data.test,
+                           classnames, data.text, 100.0)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    store = ResultStore(args.out_dir / "results.jsonl")
+    print(f"protocol: {len(names)} methods x shots {','.join(map(str, shots))} x seeds "
+          f"{','.join(map(str, args.seeds))}; {args.classes} classes, dim {args.dim}, pool {args.pool}/class, "
+          f"{args.test} test, {args.threads} thread(s); results in {args.out_dir}", flush=True)
+    total = 0.0
+    for seed in args.seeds:
+        t0 = time.perf_counter()
+        run_fewshot(inputs, FewShotProtocol(names, shots, (seed,)), store,
+                              progress=lambda line: print(line, flush=True))
+        wall = time.perf_counter() - t0
+        total += wall
+        print(f"seed {seed}: {wall:.0f} s wall this run ({wall / 60:.1f} min; cells finished earlier are skipped)",
+              flush=True)
+    mine = [r for r in store.records if r["dataset"] == inputs.name and r["method"] in names
+            and r["shots"] in shots and r["seed"] in args.seeds]
+    fit = sum(r["fit_seconds"] + r["predict_seconds"] for r in mine)
+    table = markdown_table(mine)
+    summary = (f"{len(mine)} cells recorded; this run {total:.0f} s wall ({total / 3600:.2f} h); "
+               f"fit + logits over the recorded cells {fit:.0f} s ({fit / 3600:.2f} h)")
+    tmp = args.out_dir / "table.md.tmp"
+    tmp.write_text(table + "\n\n" + summary + "\n")
+    tmp.replace(args.out_dir / "table.md")
+    print(table, summary, sep="\n")
 
 
 def fit_ratio(fit_s: float, literal: str) -> str:
