@@ -793,7 +793,7 @@ def run_protocol(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         t0 = time.perf_counter()
         run_fewshot(inputs, FewShotProtocol(names, shots, (seed,)), store,
-                              progress=lambda line: print(line, flush=True))
+                    progress=lambda line: print(line, flush=True))
         wall = time.perf_counter() - t0
         total += wall
         print(f"seed {seed}: {wall:.0f} s wall this run ({wall / 60:.1f} min; cells finished earlier are skipped)",
