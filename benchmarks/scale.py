@@ -80,12 +80,14 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
+from kshot.data.fewshot import default_val_shots
 from kshot.eval.fewshot import FewShotInputs, FewShotProtocol, ResultStore, cached_feature_methods, run_fewshot
 from kshot.eval.report import markdown_table
 from kshot.features.featureset import FeatureSet
 from kshot.methods import METHODS, Task, create
 from kshot.methods.linear_probe import lpclip_val_subset
 from kshot.methods.search import linear_grid
+from kshot.outputs import atomic_write_text
 
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 clock = CLOCKS["wall"]  # `--clock process`: CPU seconds of this process (all threads), robust on a shared machine
@@ -768,17 +770,16 @@ def main() -> None:
     lines += ["", protocol_estimate(fit_seconds, names, args.shots)]
     print(lines[-1])
     if args.out:
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        tmp.replace(args.out)
+        atomic_write_text(args.out, "\n".join(lines) + "\n")
 
 
 def run_protocol(args: argparse.Namespace) -> None:
     """`--protocol`: run_fewshot over the synthetic pool, one seed after another, timing each (wall clock)."""
     shots = tuple(args.shots or (1, 2, 4, 8, 16))
-    if args.pool < max(shots) + min(max(shots), 4):
+    k_val = default_val_shots(max(shots))  # the draw of `run_fewshot`; it silently takes fewer from a small pool
+    if args.pool < max(shots) + k_val:
         raise SystemExit(f"--pool {args.pool} is smaller than the largest draw: {max(shots)} shots + "
-                         f"{min(max(shots), 4)} val per class")
+                         f"{k_val} val per class")
     names = args.methods or cached_feature_methods()
     data = synthetic_imagenet(args.classes, args.dim, args.pool, 1, args.test)
     classnames = [str(i) for i in range(args.classes)]
@@ -790,23 +791,20 @@ def run_protocol(args: argparse.Namespace) -> None:
           f"{','.join(map(str, args.seeds))}; {args.classes} classes, dim {args.dim}, pool {args.pool}/class, "
           f"{args.test} test, {args.threads} thread(s); results in {args.out_dir}", flush=True)
     total = 0.0
+    records: list[dict[str, Any]] = []  # this protocol's cells, finished earlier or now
     for seed in args.seeds:
         t0 = time.perf_counter()
-        run_fewshot(inputs, FewShotProtocol(names, shots, (seed,)), store,
-                    progress=lambda line: print(line, flush=True))
+        records += run_fewshot(inputs, FewShotProtocol(names, shots, (seed,)), store,
+                               progress=lambda line: print(line, flush=True))
         wall = time.perf_counter() - t0
         total += wall
         print(f"seed {seed}: {wall:.0f} s wall this run ({wall / 60:.1f} min; cells finished earlier are skipped)",
               flush=True)
-    mine = [r for r in store.records if r["dataset"] == inputs.name and r["method"] in names
-            and r["shots"] in shots and r["seed"] in args.seeds]
-    fit = sum(r["fit_seconds"] + r["predict_seconds"] for r in mine)
-    table = markdown_table(mine)
-    summary = (f"{len(mine)} cells recorded; this run {total:.0f} s wall ({total / 3600:.2f} h); "
+    fit = sum(r["fit_seconds"] + r["predict_seconds"] for r in records)
+    table = markdown_table(records)
+    summary = (f"{len(records)} cells recorded; this run {total:.0f} s wall ({total / 3600:.2f} h); "
                f"fit + logits over the recorded cells {fit:.0f} s ({fit / 3600:.2f} h)")
-    tmp = args.out_dir / "table.md.tmp"
-    tmp.write_text(table + "\n\n" + summary + "\n")
-    tmp.replace(args.out_dir / "table.md")
+    atomic_write_text(args.out_dir / "table.md", table + "\n\n" + summary + "\n")
     print(table, summary, sep="\n")
 
 

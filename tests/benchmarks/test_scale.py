@@ -62,26 +62,28 @@ def test_literal_loop_gives_a_positive_time(name, big):
     assert cell.startswith("~") == ((big and name != "gda") or name == "tip_adapter_f"), cell
 
 
-def test_protocol_mode_runs_every_cell_and_resumes(tmp_path):
+def _protocol(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """benchmarks/scale.py --protocol on a tiny set (5 classes, dim 16, 30 test, 1 thread) into tmp_path."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--protocol", "--classes", "5", "--dim", "16",
-           "--test", "30", "--shots", "1", "2", "--seeds", "1", "2", "--pool", "6", "--threads", "1",
-           "--methods", "zeroshot", "tip_adapter", "--out-dir", str(tmp_path)]
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--protocol", "--classes", "5",
+                           "--dim", "16", "--test", "30", "--threads", "1", "--out-dir", str(tmp_path), *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_protocol_mode_runs_every_cell_and_resumes(tmp_path):
+    args = ("--shots", "1", "2", "--seeds", "1", "2", "--pool", "6", "--methods", "zeroshot", "tip_adapter")
+    first = _protocol(tmp_path, *args)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "seed 1:" in first.stdout and "seed 2:" in first.stdout
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 2 * 2  # methods x shots x seeds
     assert "8 cells recorded" in (tmp_path / "table.md").read_text()
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    again = _protocol(tmp_path, *args)
     assert again.returncode == 0, again.stderr[-2000:]
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 8  # finished cells were skipped
     assert "top1=" not in again.stdout
 
 
 def test_protocol_mode_refuses_a_pool_too_small_for_the_draw(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--protocol", "--classes", "5",
-                           "--dim", "16", "--test", "30", "--shots", "16", "--pool", "10", "--out-dir", str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = _protocol(tmp_path, "--shots", "16", "--pool", "10")
     assert proc.returncode != 0 and "smaller than the largest draw" in proc.stderr
